@@ -1,0 +1,210 @@
+"""Answer parsing and scoring, following the reference scorers of each benchmark.
+
+Everything here works on saved predictions alone, so a run can be re-scored without the
+model (`python -m reverie.evaluation.rescore predictions.jsonl`).
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import defaultdict
+
+LETTERS = "ABCDEFGH"
+
+
+# ---- POPE -------------------------------------------------------------------------------
+def pope_yes(answer: str) -> bool:
+    """POPE's rule: keep the words before the first period; "no"/"No"/"not" means no,
+    anything else means yes."""
+    text = answer.split(".")[0] if "." in answer else answer
+    words = text.replace(",", "").split(" ")
+    return not ("No" in words or "not" in words or "no" in words)
+
+
+def pope_parseable(answer: str) -> bool:
+    words = set(re.findall(r"[a-z]+", answer.lower()))
+    return bool(words & {"yes", "no", "not"})
+
+
+def binary_metrics(preds: list[bool], labels: list[bool]) -> dict:
+    tp = sum(p and y for p, y in zip(preds, labels))
+    fp = sum(p and not y for p, y in zip(preds, labels))
+    tn = sum(not p and not y for p, y in zip(preds, labels))
+    fn = sum(not p and y for p, y in zip(preds, labels))
+    n = len(labels)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / n if n else 0.0, "precision": precision, "recall": recall, "f1": f1,
+            "yes_ratio": (tp + fp) / n if n else 0.0, "n": n}
+
+
+def score_pope(rows: list[dict]) -> dict:
+    """rows: {split, label ("yes"/"no"), answer}."""
+    by_split: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_split[r["split"]].append(r)
+    out: dict = {}
+    for split, items in sorted(by_split.items()):
+        m = binary_metrics([pope_yes(r["answer"]) for r in items], [r["label"] == "yes" for r in items])
+        m["unparseable"] = sum(not pope_parseable(r["answer"]) for r in items)
+        out[split] = m
+    if out:
+        out["mean_f1"] = sum(v["f1"] for v in out.values()) / len(out)
+    return out
+
+
+# ---- MME --------------------------------------------------------------------------------
+def mme_label(answer: str) -> str:
+    """MME's rule: exact yes/no, else a yes/no within the first four characters, else other."""
+    pred = answer.lower().strip().replace(".", "")
+    if pred in ("yes", "no"):
+        return pred
+    prefix = pred[:4]
+    if "yes" in prefix:
+        return "yes"
+    if "no" in prefix:
+        return "no"
+    return "other"
+
+
+def score_mme(rows: list[dict]) -> dict:
+    """rows: {subtask, image, label, answer}; two questions per image and subtask."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_task[r["subtask"]].append(r)
+    out: dict = {}
+    total = 0.0
+    for task, items in sorted(by_task.items()):
+        right = [mme_label(r["answer"]) == r["label"].lower() for r in items]
+        per_image: dict[str, list[bool]] = defaultdict(list)
+        for r, ok in zip(items, right):
+            per_image[r["image"]].append(ok)
+        acc = sum(right) / len(right)
+        acc_plus = sum(all(v) for v in per_image.values()) / len(per_image)
+        score = 100 * (acc + acc_plus)
+        total += score
+        out[task] = {"acc": acc, "acc_plus": acc_plus, "score": score,
+                     "unparseable": sum(mme_label(r["answer"]) == "other" for r in items)}
+    out["score"] = total  # MME's convention: the sum of the subtask scores
+    return out
+
+
+# ---- multiple choice (MMBench, ScienceQA) ------------------------------------------------
+def parse_choice(answer: str, options: list[str]) -> str | None:
+    """MMBench's rule without the LLM fallback: a single option letter standing alone, else
+    the unique option text contained in the answer; None when neither decides."""
+    letters = LETTERS[: len(options)]
+    cleaned = answer
+    for ch in ".()[],:;!*#{}'\"":
+        cleaned = cleaned.replace(ch, " ")
+    tokens = cleaned.split()
+    found = [t for t in tokens if t in letters]
+    if len(set(found)) == 1:
+        return found[0]
+    if not found:
+        lower = answer.lower()
+        hits = [LETTERS[i] for i, o in enumerate(options) if o and o.lower() in lower]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def rotations(options: list[str], answer_letter: str) -> list[tuple[list[str], str]]:
+    """CircularEval: each circular shift of the options, with the answer's new letter."""
+    n = len(options)
+    index = LETTERS.index(answer_letter)
+    out = []
+    for shift in range(n):
+        rotated = options[shift:] + options[:shift]
+        out.append((rotated, LETTERS[(index - shift) % n]))
+    return out
+
+
+def score_multiple_choice(rows: list[dict]) -> dict:
+    """rows: {question_id, rotation, options, label (letter), answer}."""
+    by_q: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_q[r["question_id"]].append(r)
+    circular, vanilla, unparseable = 0, 0, 0
+    for items in by_q.values():
+        verdicts = []
+        for r in sorted(items, key=lambda r: r["rotation"]):
+            pred = parse_choice(r["answer"], r["options"])
+            unparseable += pred is None
+            verdicts.append(pred == r["label"])
+        circular += all(verdicts)
+        vanilla += verdicts[0]
+    n = len(by_q)
+    return {"circular_accuracy": circular / n if n else 0.0, "vanilla_accuracy": vanilla / n if n else 0.0,
+            "questions": n, "unparseable": unparseable}
+
+
+# ---- short answers ----------------------------------------------------------------------
+_NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalize_answer(text: str) -> str:
+    """VQA-style normalisation: lower case, no punctuation or articles, number words as digits."""
+    text = text.lower().strip()
+    text = text.translate(str.maketrans({c: " " for c in string.punctuation}))
+    words = [_NUMBERS.get(w, w) for w in text.split() if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def short_answer_correct(answer: str, truth: str) -> bool:
+    return normalize_answer(answer) == normalize_answer(truth)
+
+
+def score_short_answers(rows: list[dict]) -> dict:
+    right = [short_answer_correct(r["answer"], r["label"]) for r in rows]
+    return {"accuracy": sum(right) / len(right) if right else 0.0, "n": len(right)}
+
+
+# ---- REVERIE-style held-out reasoning questions -----------------------------------------
+def reasoning_correct(row: dict) -> bool:
+    qtype, answer, truth = row["question_type"], row["answer"], row["label"]
+    if qtype == "yes_no":
+        return mme_label(answer) == truth.lower()
+    if qtype == "multiple_choice":
+        return parse_choice(answer, row.get("options") or []) == truth
+    return short_answer_correct(answer, truth)
+
+
+def score_reasoning(rows: list[dict]) -> dict:
+    out: dict = {}
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    by_kind: dict[str, list[bool]] = defaultdict(list)
+    for r in rows:
+        ok = reasoning_correct(r)
+        by_type[r["question_type"]].append(ok)
+        by_kind[r.get("reasoning", "other")].append(ok)
+    all_ok = [v for vs in by_type.values() for v in vs]
+    out["accuracy"] = sum(all_ok) / len(all_ok) if all_ok else 0.0
+    for t, vs in sorted(by_type.items()):
+        out[t] = {"accuracy": sum(vs) / len(vs), "n": len(vs)}
+    for k, vs in sorted(by_kind.items()):
+        out[f"kind_{k}"] = {"accuracy": sum(vs) / len(vs), "n": len(vs)}
+    return out
+
+
+SCORERS = {
+    "pope": score_pope,
+    "mme": score_mme,
+    "mmbench": score_multiple_choice,
+    "scienceqa": score_multiple_choice,
+    "short_answer": score_short_answers,
+    "reasoning": score_reasoning,
+}
+
+
+def score_predictions(rows: list[dict]) -> dict:
+    """Scores saved predictions, each tagged with its `benchmark`."""
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        grouped[r["benchmark"]].append(r)
+    unknown = set(grouped) - set(SCORERS)
+    if unknown:
+        raise ValueError(f"predictions name unknown benchmark(s) {sorted(unknown)}; known: {sorted(SCORERS)}")
+    return {name: SCORERS[name](items) for name, items in sorted(grouped.items())}

@@ -1,0 +1,95 @@
+"""The data half of the method: world -> teacher (QA, rationales) -> judge -> records."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .io import write_json, write_jsonl
+from .records import filter_quality, make_record
+from .teachers.judge import SceneGraphJudge
+from .teachers.scene_graph import SceneGraphTeacher
+from .world import Scene, image_relpath, sample_world, write_scene
+
+
+@dataclass
+class GenerateResult:
+    raw: list[dict]
+    metrics: dict
+
+
+def build_teacher(world, generate) -> SceneGraphTeacher:
+    partners = {}
+    for a, b in world.cooccurrence_pairs:
+        partners[a], partners[b] = b, a
+    return SceneGraphTeacher(world.kinds, world.colors, partners, generate.template_version)
+
+
+def records_for_scene(scene: Scene, teacher, judge, generate, seed: int) -> list[dict]:
+    """All records of one image. Seeded by (seed, image id) alone, so any sharding of the
+    images gives the same records as one process."""
+    rng = random.Random(f"{seed}:{scene.image_id}")
+    records = []
+    for j, item in enumerate(teacher.collect_questions(scene, generate.questions_per_image, rng)):
+        teacher.write_rationales(item)
+        if rng.random() < generate.noise_rate:
+            teacher.inject_error(item, rng)
+        verdict = judge.judge(item.question, item.correct_answer, item.confusing_answer,
+                              item.correct_rationale, item.incorrect_rationale)
+        provenance = {"teacher": teacher.name, "judge": judge.name,
+                      "template_version": teacher.template_version, "split": scene.split,
+                      "seed": seed, "injected_error": item.injected_error}
+        records.append(make_record(f"{scene.image_id}-q{j}", image_relpath(scene), scene.split,
+                                   item, verdict, provenance))
+    return records
+
+
+def generate_dataset(params, out_dir: str | Path, render_images: bool = True, progress: bool = True) -> GenerateResult:
+    out_dir = Path(out_dir)
+    world, generate = params.world, params.generate
+    seed = params.project.seed
+    teacher = build_teacher(world, generate)
+    judge = SceneGraphJudge()
+    train, held_out = sample_world(world, seed)
+    scenes = train + held_out
+    started = time.perf_counter()
+    raw: list[dict] = []
+    for scene in tqdm(scenes, desc="generate", unit="img", disable=not progress, mininterval=1.0):
+        if render_images:
+            write_scene(scene, out_dir)
+        raw.extend(records_for_scene(scene, teacher, judge, generate, seed))
+    elapsed = time.perf_counter() - started
+
+    kept = [r for r in raw if r["judge"]["consistent"]]
+    quarantined = [{"reason": f"judge: {r['judge']['reason']}", "record": r} for r in raw if not r["judge"]["consistent"]]
+    quality = filter_quality(raw)
+    metrics = {
+        "records": len(kept),
+        "raw_records": len(raw),
+        "quarantined": len(quarantined),
+        "train_images": len(train),
+        "eval_images": len(held_out),
+        "train_records": sum(r["split"] == "train" for r in kept),
+        "eval_records": sum(r["split"] == "eval" for r in kept),
+        "filter_rate": len(quarantined) / len(raw) if raw else 0.0,
+        **quality,
+        "records_per_s": len(raw) / elapsed if elapsed else 0.0,
+        "seconds": elapsed,
+    }
+    if render_images:
+        write_jsonl(out_dir / "scenes" / "scenes.jsonl", (s.to_json() for s in scenes))
+        write_jsonl(out_dir / "records" / "raw.jsonl", raw)
+        write_jsonl(out_dir / "records" / "filtered.jsonl", kept)
+        write_jsonl(out_dir / "records" / "quarantine.jsonl", quarantined)
+    return GenerateResult(raw, metrics)
+
+
+def load_scenes(data_dir: str | Path) -> dict[str, Scene]:
+    path = Path(data_dir) / "scenes" / "scenes.jsonl"
+    with path.open() as f:
+        scenes = [Scene.from_json(json.loads(line)) for line in f if line.strip()]
+    return {s.image_id: s for s in scenes}

@@ -1,0 +1,201 @@
+"""Typed settings parsed from params.yaml: one section per stage.
+
+Every model forbids unknown keys, so a typo fails before any work starts, with the key and
+the file named in the message.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+VARIANTS = ("response", "pos", "neg", "pos_neg")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSettings(Section):
+    seed: int = 0
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    mlflow_experiment: str = "reverie"
+    data_dir: str = "data"
+
+
+class WorldSettings(Section):
+    image_size: int = Field(48, ge=16)
+    grid: int = Field(3, ge=1, le=8)
+    jitter: int = Field(0, ge=0)
+    kinds: list[str] = ["circle", "square", "triangle", "star", "cross", "bar", "pole", "ring"]
+    colors: list[str] = ["red", "green", "blue", "yellow", "purple", "white"]
+    min_objects: int = Field(2, ge=1)
+    max_objects: int = Field(5, ge=1)
+    popularity_decay: float = Field(0.85, gt=0, le=1)
+    cooccurrence_pairs: list[tuple[str, str]] = [("circle", "square"), ("triangle", "star")]
+    cooccurrence_bias: float = Field(0.7, ge=0, le=1)
+    train_images: int = Field(2000, ge=1)
+    eval_images: int = Field(400, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.min_objects > self.max_objects:
+            raise ValueError("min_objects must not exceed max_objects")
+        if self.image_size % self.grid:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of grid ({self.grid})")
+        for a, b in self.cooccurrence_pairs:
+            for k in (a, b):
+                if k not in self.kinds:
+                    raise ValueError(f"cooccurrence_pairs names {k!r}, which is not in kinds")
+        return self
+
+
+class GenerateSettings(Section):
+    teacher: Literal["scene_graph"] = "scene_graph"
+    judge: Literal["scene_graph"] = "scene_graph"
+    questions_per_image: int = Field(4, ge=1, le=20)
+    noise_rate: float = Field(0.05, ge=0, le=1)
+    template_version: str = "sg-v1"
+
+
+class ValidateSettings(Section):
+    min_question_chars: int = 8
+    max_question_chars: int = 400
+    max_answer_chars: int = 200
+    min_rationale_chars: int = 15
+    max_rationale_chars: int = 600
+    min_type_share: float = Field(0.05, ge=0, le=1)
+    min_records: int = Field(1, ge=0)
+    max_bad_row_fraction: float = Field(0.02, ge=0, le=1)
+
+
+class ModelSettings(Section):
+    """The student: a tiny LLaVA built from config, or a pretrained id or local path."""
+
+    pretrained: str | None = None
+    patch_size: int = 16
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    intermediate: int = 256
+    vocab_size: int = 1024
+
+
+class BaseTrainSettings(Section):
+    """The shared base: an alignment-like step on dense scene descriptions, trained once."""
+
+    model: ModelSettings = ModelSettings()
+    describe_epochs: float = Field(6.0, ge=0)
+    epochs: float = Field(6.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = 0.0
+    existence_probes_per_image: int = Field(2, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(200, ge=1)
+
+
+class LoraSettings(Section):
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class PromptSettings(Section):
+    positive: str = "Explain why. Including any necessary facts or knowledge."
+    negative: str = "Explain why this answer is wrong: {confusing_answer}. Including any necessary facts or knowledge."
+
+    @field_validator("negative")
+    @classmethod
+    def _names_confusing_answer(cls, v: str) -> str:
+        if "{confusing_answer}" not in v:
+            raise ValueError("the negative prompt must contain the placeholder {confusing_answer}")
+        return v
+
+
+class TuneSettings(Section):
+    variants: list[Literal["response", "pos", "neg", "pos_neg"]] = list(VARIANTS)
+    seeds: list[int] = [0, 1]
+    prompts: PromptSettings = PromptSettings()
+    lora: LoraSettings = LoraSettings()
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = 0.0
+    checkpoint_every: int = Field(100, ge=1)
+    quick_eval_images: int = Field(100, ge=0)
+
+
+class EvaluateSettings(Section):
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(8, ge=1)
+    pope_objects: int = Field(3, ge=1)
+    eval_images: int | None = Field(None, ge=1)
+    mmbench_questions_per_image: int = Field(1, ge=0)
+
+
+class ReportSettings(Section):
+    baseline: Literal["response", "pos", "neg", "pos_neg"] = "response"
+
+
+class Params(Section):
+    project: ProjectSettings = ProjectSettings()
+    world: WorldSettings = WorldSettings()
+    generate: GenerateSettings = GenerateSettings()
+    validate_: ValidateSettings = Field(ValidateSettings(), alias="validate")
+    base: BaseTrainSettings = BaseTrainSettings()
+    tune: TuneSettings = TuneSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    report: ReportSettings = ReportSettings()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, phrased for the person who edits the file."""
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_describe(exc, path)) from None
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s) in the parameters"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}' (check its spelling; it is not a setting)")
+        else:
+            shown = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            lines.append(f"  - '{key}': {err['msg']}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""What every stage entry point shares: environment, params, and a clean exit on bad input."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+
+from .settings import ParamsError, load_params
+
+
+def quiet_environment() -> None:
+    """No hub access, no analytics; the defaults the README promises."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    return p
+
+
+@contextmanager
+def stage(name: str):
+    """Runs a stage body; a params error or a failed gate ends the process with its message."""
+    quiet_environment()
+    try:
+        yield
+    except ParamsError as exc:
+        print(f"[{name}] {exc}", file=sys.stderr)
+        sys.exit(2)
+    except StageFailed as exc:
+        print(f"[{name}] FAILED: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+class StageFailed(RuntimeError):
+    """A stage that ran but whose result must not be trusted downstream."""
+
+
+def params_from(args):
+    return load_params(args.params)

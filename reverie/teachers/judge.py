@@ -1,0 +1,98 @@
+"""The consistency judge (the paper's step c) for rationales in the scene-graph grammar.
+
+It reads only the text (question, both answers, both rationales), as the paper's text-only
+judge does: it never looks at the scene graph or at the provenance. It extracts the claims
+each rationale makes and flags the item when the claims contradict each other or the answers.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+OBJECT = re.compile(r"There is a (small|large) (\w+) (\w+) at the ([\w -]+?)\.")
+ABSENT = re.compile(r"There is no (\w+) in the image\.")
+COUNT_ONE = re.compile(r"There is exactly one (\w+) in the image\.")
+COUNT_MANY = re.compile(r"There are (\d+) (\w+?)s in the image\.")
+CONCLUSION = re.compile(r"So the answer is (.+?)\.\s*$", re.S)
+REJECTION = re.compile(r"^The answer (.+?) is wrong\.")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    consistent: bool
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return {"consistent": self.consistent, "reason": self.reason}
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+class SceneGraphJudge:
+    name = "scene_graph_text_judge"
+
+    def judge(self, question: str, correct_answer: str, confusing_answer: str,
+              correct_rationale: str, incorrect_rationale: str) -> Verdict:
+        if _norm(correct_answer) == _norm(confusing_answer):
+            return Verdict(False, "the correct and the confusing answer are the same")
+        concluded = CONCLUSION.search(correct_rationale)
+        if not concluded:
+            return Verdict(False, "the positive rationale reaches no answer")
+        if _norm(concluded.group(1)) != _norm(correct_answer):
+            return Verdict(False, f"the positive rationale concludes '{concluded.group(1)}', "
+                                  f"not the correct answer '{correct_answer}'")
+        rejected = REJECTION.search(incorrect_rationale)
+        if not rejected or _norm(rejected.group(1)) != _norm(confusing_answer):
+            return Verdict(False, "the negative rationale does not reject the confusing answer")
+        claims = Claims()
+        for source, text in (("positive", correct_rationale), ("negative", incorrect_rationale)):
+            problem = claims.add(text, source)
+            if problem:
+                return Verdict(False, problem)
+        return Verdict(True)
+
+
+class Claims:
+    """The facts asserted so far; `add` returns a description of the first contradiction."""
+
+    def __init__(self):
+        self.at: dict[str, tuple[str, str, str, str]] = {}  # position -> (size, color, kind, source)
+        self.absent: dict[str, str] = {}
+        self.counts: dict[str, tuple[int, str]] = {}
+
+    def add(self, text: str, source: str) -> str | None:
+        for size, color, kind, position in OBJECT.findall(text):
+            seen = self.at.get(position)
+            if seen and seen[:3] != (size, color, kind):
+                return (f"the {source} rationale puts a {size} {color} {kind} at the {position}, "
+                        f"the {seen[3]} one a {' '.join(seen[:3])}")
+            self.at[position] = (size, color, kind, source)
+        for kind in ABSENT.findall(text):
+            self.absent[kind] = source
+        for kind in COUNT_ONE.findall(text):
+            if (problem := self._count(kind, 1, source)):
+                return problem
+        for n, kind in COUNT_MANY.findall(text):
+            if (problem := self._count(kind, int(n), source)):
+                return problem
+        return self._cross_check()
+
+    def _count(self, kind: str, n: int, source: str) -> str | None:
+        seen = self.counts.get(kind)
+        if seen and seen[0] != n:
+            return f"the {source} rationale counts {n} {kind}(s), the {seen[1]} one {seen[0]}"
+        self.counts[kind] = (n, source)
+        return None
+
+    def _cross_check(self) -> str | None:
+        located: dict[str, int] = {}
+        for size, color, kind, source in self.at.values():
+            located[kind] = located.get(kind, 0) + 1
+            if kind in self.absent:
+                return f"the {self.absent[kind]} rationale says there is no {kind}, the {source} one places one"
+        for kind, (n, source) in self.counts.items():
+            if located.get(kind, 0) > n:
+                return f"the {source} rationale counts {n} {kind}(s) but {located[kind]} are placed"
+        return None

@@ -1,0 +1,117 @@
+"""MLflow: one run per (variant, seed) in one experiment; the store is named in params.
+
+mlflow is imported where used (about 3 s). A relative SQLite URI is resolved against the
+project root so that runs from DVC, Prefect and the UI land in one store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+RUN_ID_FILE = "mlflow_run.json"
+
+
+def tracking_uri(uri: str, root: str | Path = ".") -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((Path(root) / uri[len(prefix):]).resolve())
+    return uri
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit(root: str | Path = ".") -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def dvc_hash(path: str | Path) -> str:
+    """The md5 that DVC records for a stage output, read from dvc.lock (or computed)."""
+    import hashlib
+
+    path = Path(path)
+    lock = Path("dvc.lock")
+    if lock.exists():
+        import yaml
+
+        data = yaml.safe_load(lock.read_text()) or {}
+        for stage in (data.get("stages") or {}).values():
+            for out in stage.get("outs", []) or []:
+                if Path(out.get("path", "")) == path and out.get("md5"):
+                    return out["md5"]
+    h = hashlib.md5()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class RunLogger:
+    """A thin wrapper so training code calls one object and never imports mlflow itself."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict, run_id: str | None = None):
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment)
+        if run_id is None:
+            existing = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                                          filter_string=f"tags.mlflow.runName = '{run_name}' and attributes.status != 'FINISHED'")
+            run_id = existing[0].info.run_id if existing else None  # a resumed run continues its MLflow run
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+        self.run_id = self.run.info.run_id
+
+    def log_params(self, params: dict) -> None:
+        flat = {k: (json.dumps(v) if isinstance(v, (list, tuple)) else v) for k, v in flatten(params).items()}
+        current = self.mlflow.get_run(self.run_id).data.params
+        self.mlflow.log_params({k: v for k, v in flat.items() if k not in current})
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in flatten(metrics).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def log_dataset(self, path: str | Path, name: str, context: str = "training") -> None:
+        import pandas as pd
+        from mlflow.data.pandas_dataset import from_pandas
+
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        frame = pd.DataFrame.from_records(rows)[["id", "image", "question", "correct_answer", "question_type"]]
+        digest = dvc_hash(Path(path).parent)
+        dataset = from_pandas(frame, source=str(path), name=name, digest=digest[:36])
+        self.mlflow.log_input(dataset, context=context, tags={"dvc_md5": digest})
+        self.mlflow.set_tag("dataset.dvc_md5", digest)
+
+    def log_artifacts(self, path: str | Path, artifact_path: str) -> None:
+        self.mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict) -> None:
+        self.mlflow.set_tags(tags)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
+
+
+def prefect_tags() -> dict:
+    """Ties an MLflow run to the Prefect flow run that started the stage, when there is one."""
+    flow_run = os.environ.get("REVERIE_PREFECT_FLOW_RUN_ID")
+    return {"prefect.flow_run_id": flow_run} if flow_run else {}

@@ -1,0 +1,180 @@
+"""The base step and reflective tuning of one (variant, seed), with MLflow tracking."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .generate import load_scenes
+from .io import atomic_dir, read_jsonl, write_json, write_text
+from .student.base import base_conversations, tokenizer_corpus
+from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
+from .student.samples import ChatEncoder, build_variant, to_llava_json
+from .student.train import ImageTable, TrainConfig, fingerprint, train
+from .tracking import RUN_ID_FILE, RunLogger, git_commit, prefect_tags, tracking_uri
+from .world import image_relpath
+
+
+def _partners(world) -> dict[str, str]:
+    partners = {}
+    for a, b in world.cooccurrence_pairs:
+        partners[a], partners[b] = b, a
+    return partners
+
+
+def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str | Path,
+               state_dir: str | Path = ".reverie", progress: bool = True) -> dict:
+    """Builds (or copies) the shared base student and saves it as a Hugging Face folder."""
+    base = params.base
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if base.model.pretrained:
+        model, processor = load_student(base.model.pretrained)
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        return {"pretrained": base.model.pretrained, "train_seconds": 0.0}
+
+    torch.manual_seed(base.seed)
+    scenes = [s for s in load_scenes(data_dir).values() if s.split == "train"]
+    records = read_jsonl(Path(split_dir) / "train.jsonl")
+    conversations = base_conversations(scenes, params.world.kinds, _partners(params.world),
+                                       base.existence_probes_per_image, base.seed, image_relpath)
+    tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
+    model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
+    encoder = ChatEncoder(tokenizer, image_token_count(model.config))
+    samples = [encoder.encode(c) for c in conversations]
+    images = ImageTable(processor, data_dir, [s.image for s in samples])
+    cfg = TrainConfig(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, warmup_fraction=base.warmup_fraction,
+                      weight_decay=base.weight_decay, seed=base.seed, checkpoint_every=base.checkpoint_every,
+                      loss_normalization="sample")
+    batches = curriculum(samples, conversations, base)
+    key = fingerprint(params.base.model_dump(), params.world.model_dump(), len(samples))
+    ckpt_dir = Path(state_dir) / "checkpoints" / f"base-{key}"
+    logger = _logger(params, "base", {"variant": "base", "seed": str(base.seed), "dvc.stage": "base"})
+    logger.log_params({"base": params.base.model_dump(), "world": params.world.model_dump()})
+    try:
+        result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir,
+                       on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc="base",
+                       batches=batches)
+        metrics = result.metrics | {"parameters": sum(p.numel() for p in model.parameters()),
+                                    "vocab_size": len(tokenizer), "mlflow_run_id": logger.run_id}
+        logger.log_metrics({f"final.{k}": v for k, v in result.metrics.items()})
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        logger.end()
+    except BaseException:
+        logger.end("KILLED")
+        raise
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return metrics
+
+
+def curriculum(samples, conversations, base) -> list[list[int]]:
+    """Descriptions alone first (the image features form), then descriptions and existence
+    probes together. Probes from the start teach the co-occurrence prior before the model
+    sees anything, and it then learns to ignore the image (measured: loss with shuffled
+    images barely worse than with the right ones)."""
+    from .student.train import length_grouped_batches
+
+    lengths = [len(s.input_ids) for s in samples]
+    describe = [i for i, c in enumerate(conversations) if c.kind == "description"]
+    first = length_grouped_batches([lengths[i] for i in describe], base.batch_size, base.describe_epochs, base.seed)
+    first = [[describe[j] for j in batch] for batch in first]
+    second = length_grouped_batches(lengths, base.batch_size, base.epochs, base.seed + 1)
+    return first + second
+
+
+def _logger(params, name: str, tags: dict, run_id: str | None = None) -> RunLogger:
+    uri = tracking_uri(params.project.mlflow_tracking_uri)
+    return RunLogger(uri, params.project.mlflow_experiment, name,
+                     tags | {"git_commit": git_commit()} | prefect_tags(), run_id)
+
+
+def apply_lora(model, lora):
+    """LoRA on the language model; the projector is trained in full (LLaVA-1.5's recipe)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = "|".join(lora.target_modules)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=rf".*language_model.*\.({targets})$",
+                        modules_to_save=["multi_modal_projector"])
+    return get_peft_model(model, config)
+
+
+def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir: str | Path, split_dir: str | Path,
+                 out_dir: str | Path, state_dir: str | Path = ".reverie", progress: bool = True,
+                 max_steps: int | None = None, loss_csv: str | Path | None = None) -> dict:
+    tune = params.tune
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    model, processor = load_student(base_dir)
+    tokenizer = processor.tokenizer
+    records = read_jsonl(Path(split_dir) / "train.jsonl")
+    conversations = build_variant(records, variant, tune.prompts)
+    encoder = ChatEncoder(tokenizer, image_token_count(model.config))
+    samples = [encoder.encode(c) for c in conversations]
+    images = ImageTable(processor, data_dir, [s.image for s in samples])
+    if tune.lora.enabled:
+        model = apply_lora(model, tune.lora)
+    else:
+        for p in model.model.vision_tower.parameters():
+            p.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cfg = TrainConfig(epochs=tune.epochs, batch_size=tune.batch_size, lr=tune.lr, warmup_fraction=tune.warmup_fraction,
+                      weight_decay=tune.weight_decay, seed=seed, checkpoint_every=tune.checkpoint_every,
+                      max_steps=max_steps)
+    name = f"{variant}-s{seed}"
+    key = fingerprint(tune.model_dump(), variant, seed, len(samples))
+    ckpt_dir = Path(state_dir) / "checkpoints" / f"{name}-{key}"
+    logger = _logger(params, name, {"variant": variant, "seed": str(seed), "dvc.stage": f"tune@{variant}-{seed}"})
+    logger.log_params({"tune": tune.model_dump(), "variant": variant, "seed": seed, "base_dir": str(base_dir),
+                       "samples": len(samples), "trainable_parameters": trainable})
+    logger.log_dataset(Path(split_dir) / "train.jsonl", name="reverie-train")
+    try:
+        result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir,
+                       on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc=name)
+        token_counts = {kind: 0 for kind in ("response", "positive", "negative")}
+        for c, s in zip(conversations, samples):
+            token_counts[c.kind] += len(s.input_ids)
+        metrics = result.metrics | {"variant": variant, "seed": seed, "trainable_parameters": trainable,
+                                    "tokens": sum(token_counts.values()), "tokens_by_kind": token_counts}
+        if loss_csv:
+            write_text(loss_csv, "step,loss,response_loss,rationale_loss,lr\n" + "".join(
+                f"{h['step']},{h['loss']},{h['response_loss']},{h['rationale_loss']},{h['lr']}\n" for h in result.history))
+        if result.steps < result.metrics["total_steps"]:
+            logger.end("KILLED")
+            return metrics  # stopped early on purpose (max_steps): the checkpoint stays for a resume
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            write_json(tmp / RUN_ID_FILE, {"run_id": logger.run_id, "variant": variant, "seed": seed,
+                                           "base": str(base_dir), "lora": tune.lora.enabled})
+            logger.log_artifacts(tmp, "model")  # adapter (or weights), tokenizer, image processor
+            write_json(tmp / "conversations.llava.json", to_llava_json(conversations))
+        logger.log_metrics({f"final.{k}": v for k, v in metrics.items() if not isinstance(v, (dict, str))})
+        metrics["mlflow_run_id"] = logger.run_id
+        logger.end()
+    except BaseException:
+        logger.end("KILLED")
+        raise
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return metrics
+
+
+def load_tuned(model_dir: str | Path):
+    """A tuned student ready for inference: LoRA adapters are merged into the base."""
+    model_dir = Path(model_dir)
+    info = json.loads((model_dir / RUN_ID_FILE).read_text())
+    if info.get("lora"):
+        from peft import PeftModel
+
+        base, processor = load_student(info["base"])
+        model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    else:
+        model, processor = load_student(model_dir)
+    return model.eval(), processor, info

@@ -1,0 +1,30 @@
+"""DVC stage `evaluate@<variant>-<seed>`: benchmarks on held-out scenes, into the same MLflow run."""
+from reverie.io import write_json
+from reverie.stage import params_from, parser, stage
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--variant", required=True, choices=["response", "pos", "neg", "pos_neg"])
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--data", default="data")
+    p.add_argument("--split", default="data/split")
+    p.add_argument("--model", default=None, help="default: models/<variant>-s<seed>")
+    p.add_argument("--predictions", default=None, help="default: predictions/<variant>-s<seed>.jsonl")
+    p.add_argument("--metrics", default=None, help="default: metrics/eval/<variant>-s<seed>.json")
+    args = p.parse_args()
+    name = f"{args.variant}-s{args.seed}"
+    with stage(f"evaluate {name}"):
+        from reverie.evaluation.run import evaluate_student
+
+        m = evaluate_student(params_from(args), args.model or f"models/{name}", args.data, args.split,
+                             args.predictions or f"predictions/{name}.jsonl")
+        write_json(args.metrics or f"metrics/eval/{name}.json", m)
+        print(f"[evaluate {name}] POPE F1 random/popular/adversarial "
+              f"{m.get('pope.random.f1', 0):.3f}/{m.get('pope.popular.f1', 0):.3f}/{m.get('pope.adversarial.f1', 0):.3f}, "
+              f"MME {m.get('mme.score', 0):.1f}, MMBench circular {m.get('mmbench.circular_accuracy', 0):.3f}, "
+              f"short {m.get('short_answer.accuracy', 0):.3f}; {m['questions_per_s']:.0f} questions/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""DVC stage `report`: the ablation table (markdown, JSON, PNG) over every evaluated run."""
+from reverie.stage import params_from, parser, stage
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--eval", default="metrics/eval")
+    p.add_argument("--tune", default="metrics/tune")
+    p.add_argument("--losses", default="plots/loss")
+    p.add_argument("--out", default="reports")
+    args = p.parse_args()
+    with stage("report"):
+        from reverie.report import write_report
+
+        result = write_report(args.eval, args.tune, args.losses, args.out, params_from(args).report.baseline)
+        print(result["markdown"])
+
+
+if __name__ == "__main__":
+    main()

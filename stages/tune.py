@@ -1,0 +1,34 @@
+"""DVC stage `tune@<variant>-<seed>`: reflective tuning of one variant from the shared base."""
+from reverie.io import write_json
+from reverie.stage import params_from, parser, stage
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--variant", required=True, choices=["response", "pos", "neg", "pos_neg"])
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--data", default="data")
+    p.add_argument("--split", default="data/split")
+    p.add_argument("--out", default=None, help="default: models/<variant>-s<seed>")
+    p.add_argument("--metrics", default=None, help="default: metrics/tune/<variant>-s<seed>.json")
+    p.add_argument("--losses", default=None, help="default: plots/loss/<variant>-s<seed>.csv")
+    args = p.parse_args()
+    name = f"{args.variant}-s{args.seed}"
+    with stage(f"tune {name}"):
+        from reverie.tune import tune_variant
+        from reverie.evaluation.quick import heldout_yes_no_accuracy
+
+        params = params_from(args)
+        out = args.out or f"models/{name}"
+        metrics = tune_variant(params, args.variant, args.seed, args.base, args.data, args.split, out,
+                               loss_csv=args.losses or f"plots/loss/{name}.csv")
+        metrics["heldout_yes_no_accuracy"] = heldout_yes_no_accuracy(params, out, args.data)
+        write_json(args.metrics or f"metrics/tune/{name}.json", metrics)
+        print(f"[tune {name}] loss {metrics['train_loss']:.3f} (response {metrics['response_loss']:.3f}), "
+              f"{metrics['tokens_per_s']:.0f} tokens/s, padding {metrics['padding_fraction']:.1%}, "
+              f"held-out yes/no accuracy {metrics['heldout_yes_no_accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

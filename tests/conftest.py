@@ -1,0 +1,84 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = {
+    "world": {"train_images": 60, "eval_images": 16},
+    "generate": {"questions_per_image": 4, "noise_rate": 0.1},
+    "validate": {"min_records": 10},
+    "base": {"epochs": 2, "batch_size": 16, "checkpoint_every": 5,
+             "model": {"vision_hidden": 32, "text_hidden": 32, "intermediate": 64, "vision_layers": 1,
+                       "text_layers": 1, "vocab_size": 300, "vision_heads": 2, "text_heads": 2}},
+    "tune": {"variants": ["response", "pos_neg"], "seeds": [0], "epochs": 0.3, "batch_size": 16,
+             "quick_eval_images": 4, "lora": {"r": 4, "alpha": 8}},
+    "evaluate": {"eval_images": 4, "batch_size": 32, "max_new_tokens": 4},
+}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def tiny_params_dict(tmp: Path | None = None) -> dict:
+    data = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    if tmp is not None:
+        data["project"]["mlflow_tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return data
+
+
+@pytest.fixture
+def tiny_params(tmp_path):
+    from reverie.settings import Params
+
+    return Params.model_validate(tiny_params_dict(tmp_path))
+
+
+def make_project(dest: Path, params: dict) -> Path:
+    """A runnable copy of the project (code, dvc.yaml, tiny params) in its own git+dvc repo."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, dest / name)
+    for name in ("stages", "flows"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # the library is imported from the installed package; dvc.yaml names its files as deps
+    shutil.copytree(ROOT / "reverie", dest / "reverie", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=dest, check=True, env=env)
+    return dest
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def repro_project(tmp_path_factory):
+    """The whole DAG reproduced once on the tiny config, shared by the end-to-end tests."""
+    project = make_project(tmp_path_factory.mktemp("project"), tiny_params_dict())
+    first = dvc(project, "repro")
+    return project, first

@@ -1,0 +1,136 @@
+"""Benchmark construction on held-out scenes and loaders for the real benchmark files."""
+import base64
+import csv
+import io
+import json
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from reverie.evaluation.benchmarks import mme, mmbench, object_statistics, pope
+from reverie.evaluation.loaders import load_mmbench, load_mme, load_pope, load_scienceqa
+from reverie.settings import WorldSettings
+from reverie.world import sample_world
+
+
+@pytest.fixture(scope="module")
+def world():
+    settings = WorldSettings(train_images=400, eval_images=40, min_objects=3, cooccurrence_bias=0.9)
+    train, held_out = sample_world(settings, seed=5)
+    return settings, train, held_out
+
+
+def test_pope_has_three_present_and_three_absent_per_image_and_split(world):
+    settings, train, held_out = world
+    freq, together = object_statistics(train)
+    items = pope(held_out, settings.kinds, freq, together, 3, seed=0)
+    assert {it.extra["split"] for it in items} == {"random", "popular", "adversarial"}
+    for split in ("random", "popular", "adversarial"):
+        per_image = Counter((it.image, it.label) for it in items if it.extra["split"] == split)
+        for scene in held_out:
+            n = min(3, len(scene.kinds()))
+            assert per_image[(f"images/eval/{scene.image_id}.png", "yes")] == n
+            assert per_image[(f"images/eval/{scene.image_id}.png", "no")] == n
+    for it in items:
+        scene = next(s for s in held_out if it.image.endswith(s.image_id + ".png"))
+        assert (it.extra["object"] in scene.kinds()) == (it.label == "yes")
+        assert it.question.startswith(f"Is there a {it.extra['object']} in the image?")
+
+
+def test_popular_and_adversarial_negatives_follow_frequency_and_cooccurrence(world):
+    settings, train, held_out = world
+    freq, together = object_statistics(train)
+    items = pope(held_out, settings.kinds, freq, together, 3, seed=0)
+    negatives = lambda split: Counter(it.extra["object"] for it in items if it.extra["split"] == split and it.label == "no")
+    most_frequent = max(freq, key=freq.get)
+    assert negatives("popular")[most_frequent] >= negatives("random")[most_frequent]
+    # with a strong co-occurrence bias, the adversarial negatives are mostly absent partners
+    partners = {"circle": "square", "square": "circle", "triangle": "star", "star": "triangle"}
+    adversarial = [it for it in items if it.extra["split"] == "adversarial" and it.label == "no"]
+    hits = 0
+    for it in adversarial:
+        scene = next(s for s in held_out if it.image.endswith(s.image_id + ".png"))
+        hits += any(partners.get(k) == it.extra["object"] for k in scene.kinds())
+    randoms = [it for it in items if it.extra["split"] == "random" and it.label == "no"]
+    rand_hits = 0
+    for it in randoms:
+        scene = next(s for s in held_out if it.image.endswith(s.image_id + ".png"))
+        rand_hits += any(partners.get(k) == it.extra["object"] for k in scene.kinds())
+    assert hits > rand_hits
+
+
+def test_mme_pairs_one_yes_one_no_per_image_and_subtask(world):
+    settings, _, held_out = world
+    items = mme(held_out, settings.kinds, settings.colors, seed=0)
+    pairs = Counter((it.extra["subtask"], it.image, it.label) for it in items)
+    assert set(k[0] for k in pairs) == {"existence", "count", "position", "color"}
+    assert all(v == 1 for v in pairs.values())
+
+
+def test_mmbench_items_rotate_options(world):
+    settings, _, held_out = world
+    items = mmbench(held_out, settings.kinds, settings.colors, 1, seed=0)
+    by_q = {}
+    for it in items:
+        by_q.setdefault(it.extra["question_id"], []).append(it)
+    for rots in by_q.values():
+        assert len(rots) == 4
+        truth = {r.extra["options"]["ABCD".index(r.label)] for r in rots}
+        assert len(truth) == 1  # every rotation keeps the same right option text
+
+
+def png_bytes(color=(200, 0, 0)):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_pope_loader(tmp_path):
+    (tmp_path / "val2014").mkdir()
+    (tmp_path / "val2014" / "a.jpg").write_bytes(png_bytes())
+    rows = [{"question_id": 1, "image": "a.jpg", "text": "Is there a dog in the image?", "label": "yes"},
+            {"question_id": 2, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "no"}]
+    path = tmp_path / "coco_pope_adversarial.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    items = load_pope(path, tmp_path / "val2014")
+    assert [it.label for it in items] == ["yes", "no"] and items[0].extra["split"] == "adversarial"
+    assert items[0].question.startswith("Is there a dog in the image?")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question_id": 3, "image": "../../etc/passwd", "text": "x", "label": "no"}))
+    with pytest.raises(ValueError, match="escapes"):
+        load_pope(bad, tmp_path / "val2014")
+
+
+def test_mme_loader(tmp_path):
+    task = tmp_path / "existence"
+    task.mkdir()
+    (task / "0001.png").write_bytes(png_bytes())
+    (task / "0001.txt").write_text("Is there a dog in this image? Please answer yes or no.\tYes\n"
+                                   "Is there a cat in this image? Please answer yes or no.\tNo\n")
+    items = load_mme(tmp_path)
+    assert [(it.extra["subtask"], it.label) for it in items] == [("existence", "yes"), ("existence", "no")]
+
+
+def test_mmbench_loader_with_circular_rotations(tmp_path):
+    path = tmp_path / "mmbench_dev.tsv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"])
+        w.writerow([7, "What colour is it?", "nan", "red", "green", "blue", "white", "A", "attribute",
+                    base64.b64encode(png_bytes()).decode()])
+    items = load_mmbench(path, tmp_path / "cache")
+    assert len(items) == 4 and {it.extra["question_id"] for it in items} == {"mmbench-7"}
+    assert [it.label for it in items] == ["A", "D", "C", "B"]
+    assert all(it.extra["options"]["ABCD".index(it.label)] == "red" for it in items)
+
+
+def test_scienceqa_loader_keeps_image_questions(tmp_path):
+    (tmp_path / "images" / "test" / "5").mkdir(parents=True)
+    (tmp_path / "images" / "test" / "5" / "image.png").write_bytes(png_bytes())
+    problems = {"5": {"question": "Which is a mammal?", "choices": ["cat", "fish"], "answer": 0, "image": "image.png",
+                      "split": "test", "hint": "", "subject": "natural science"},
+                "6": {"question": "No image", "choices": ["a", "b"], "answer": 1, "image": None, "split": "test"}}
+    (tmp_path / "problems.json").write_text(json.dumps(problems))
+    items = load_scienceqa(tmp_path / "problems.json", tmp_path / "images")
+    assert len(items) == 1 and items[0].label == "A" and "A. cat" in items[0].question

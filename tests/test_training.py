@@ -1,0 +1,151 @@
+"""The student and its training loop on a tiny model built here (no download)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from reverie.settings import LoraSettings, ModelSettings
+from reverie.student.model import build_tiny, image_token_count, load_student, train_tokenizer
+from reverie.student.samples import ChatEncoder, Conversation, Turn, RESPONSE
+from reverie.student.train import ImageTable, TrainConfig, length_grouped_batches, train
+from reverie.tune import apply_lora
+
+TINY = ModelSettings(vision_hidden=32, text_hidden=32, intermediate=64, vision_layers=1, text_layers=1,
+                     vision_heads=2, text_heads=2, vocab_size=300, patch_size=8)
+COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220)}
+
+
+def make_data(root: Path, n: int = 24):
+    convs = []
+    for i in range(n):
+        color = "red" if i % 2 else "blue"
+        rel = f"img/{i}.png"
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), COLORS[color]).save(root / rel)
+        convs.append(Conversation(f"c{i}", rel, (Turn("What color is the image?", color, RESPONSE),), "response"))
+    return convs
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    torch.manual_seed(0)
+    convs = make_data(tmp_path)
+    tok = train_tokenizer(["What color is the image?", "red", "blue", "USER: ASSISTANT:"] * 5, 300)
+    model, processor = build_tiny(TINY, tok, 16)
+    enc = ChatEncoder(tok, image_token_count(model.config))
+    samples = [enc.encode(c) for c in convs]
+    images = ImageTable(processor, tmp_path, [s.image for s in samples])
+    return model, processor, samples, images, tmp_path
+
+
+def batch_loss(model, samples, images, pad_id):
+    from reverie.student.train import collate
+
+    ids, labels, _, mask = collate(samples, pad_id)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, pixel_values=images([s.image for s in samples]), labels=labels).loss.item()
+
+
+def test_tiny_model_saves_and_loads_by_path(tiny):
+    model, processor, *_ , root = tiny
+    model.save_pretrained(root / "student")
+    processor.save_pretrained(root / "student")
+    loaded, loaded_processor = load_student(root / "student")
+    assert type(loaded).__name__ == "LlavaForConditionalGeneration"
+    assert loaded_processor.tokenizer.chat_template and "<image>" in loaded_processor.tokenizer.get_vocab()
+    for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_a_lora_step_lowers_the_loss(tiny):
+    model, processor, samples, images, _ = tiny
+    pad = processor.tokenizer.pad_token_id
+    model = apply_lora(model, LoraSettings(r=4, alpha=8))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("multi_modal_projector" in n for n in trainable)
+    assert not any("vision_tower" in n for n in trainable)
+    assert all("language_model" in n or "multi_modal_projector" in n for n in trainable)
+    before = batch_loss(model, samples[:8], images, pad)
+    train(model, samples, images, TrainConfig(epochs=3, batch_size=8, lr=5e-3, seed=0), pad, progress=False)
+    assert batch_loss(model, samples[:8], images, pad) < before
+
+
+def test_resume_from_checkpoint_gives_the_same_weights(tiny, tmp_path):
+    model, processor, samples, images, _ = tiny
+    pad = processor.tokenizer.pad_token_id
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=3e-3, seed=1, checkpoint_every=2)
+    train(model, samples, images, cfg, pad, progress=False)
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(start)
+    ckpt = tmp_path / "ckpt"
+    interrupted = train(model, samples, images, TrainConfig(**{**cfg.__dict__, "max_steps": 5}), pad, ckpt, progress=False)
+    assert interrupted.steps == 5 and (ckpt / "checkpoint.pt").exists()
+    model.load_state_dict(start)  # a fresh process: only the checkpoint carries the progress
+    resumed = train(model, samples, images, cfg, pad, ckpt, progress=False)
+    assert resumed.steps == interrupted.metrics["total_steps"]
+    for k in straight:
+        assert torch.allclose(straight[k], model.state_dict()[k], atol=1e-6), k
+
+
+def test_length_grouping_keeps_padding_small_and_is_seeded():
+    lengths = [10 + (i * 37) % 90 for i in range(2000)]
+    grouped = length_grouped_batches(lengths, 16, 1, seed=0)
+    assert grouped == length_grouped_batches(lengths, 16, 1, seed=0)
+    assert sorted(i for b in grouped for i in b) == list(range(2000))
+
+    def padding(batches):
+        total = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+        return 1 - sum(lengths) / total
+
+    import random
+    order = list(range(2000))
+    random.Random(0).shuffle(order)
+    plain = [order[i:i + 16] for i in range(0, 2000, 16)]
+    assert padding(grouped) < padding(plain) / 4
+
+
+WORKER = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from tests.test_training import make_data, TINY
+from pathlib import Path
+from reverie.student.model import build_tiny, image_token_count, train_tokenizer
+from reverie.student.samples import ChatEncoder
+from reverie.student.train import ImageTable, TrainConfig, train
+root = Path(sys.argv[2]); torch.manual_seed(0)
+convs = make_data(root)
+tok = train_tokenizer(["What color is the image?", "red", "blue", "USER: ASSISTANT:"] * 5, 300)
+model, processor = build_tiny(TINY, tok, 16)
+enc = ChatEncoder(tok, image_token_count(model.config))
+samples = [enc.encode(c) for c in convs]
+images = ImageTable(processor, root, [s.image for s in samples])
+result = train(model, samples, images, TrainConfig(epochs=2, batch_size=8, lr=3e-3, seed=0), tok.pad_token_id,
+               progress=False, log_every=1)
+import torch.distributed as dist
+rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+if rank == 0:
+    (root / sys.argv[3]).write_text(json.dumps([h["loss"] for h in result.history]))
+"""
+
+
+def test_two_cpu_processes_match_one(tmp_path):
+    """The same code under torchrun (2 processes, gloo) gives the single-process loss curve."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(script), root, str(tmp_path), "one.json"], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                    str(script), root, str(tmp_path), "two.json"], check=True, env=env, capture_output=True)
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert len(one) == len(two) > 3
+    for a, b in zip(one, two):
+        assert abs(a - b) <= 0.02 * max(1.0, abs(a)), (one, two)
