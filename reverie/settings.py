@@ -76,6 +76,7 @@ class ModelSettings(Section):
 
     pretrained: str | None = None
     patch_size: int = 16
+    feature_select: Literal["default", "full"] = "default"
     vision_hidden: int = 128
     vision_layers: int = 2
     vision_heads: int = 4

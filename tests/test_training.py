@@ -149,3 +149,20 @@ def test_two_cpu_processes_match_one(tmp_path):
     assert len(one) == len(two) > 3
     for a, b in zip(one, two):
         assert abs(a - b) <= 0.02 * max(1.0, abs(a)), (one, two)
+
+
+def test_batched_greedy_answers_equal_batch_size_one(tiny):
+    """Left padding and the KV cache must not change a single answer."""
+    from reverie.evaluation.decode import Answerer, Question
+
+    model, processor, samples, images, root = tiny
+    train(model, samples, images, TrainConfig(epochs=4, batch_size=8, lr=5e-3, seed=0), processor.tokenizer.pad_token_id,
+          progress=False)
+    questions = [Question(f"q{i}", f"img/{i}.png", q) for i, q in
+                 enumerate(["What color is the image?", "What color?", "Color of the image, please?",
+                            "What color is the image? Answer in one word."] * 6)]
+    answerer = Answerer(model, processor, root, max_new_tokens=6)
+    one = answerer.answer(questions, batch_size=1, progress=False)
+    many = answerer.answer(questions, batch_size=7, progress=False)
+    assert one == many
+    assert sum(a == ("red" if int(q.qid[1:]) % 2 else "blue") for q, a in zip(questions, one)) >= 6

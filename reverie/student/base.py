@@ -24,8 +24,10 @@ def describe_scene(scene: Scene) -> str:
 
 def base_conversations(scenes: list[Scene], kinds: list[str], partners: dict[str, str], probes: int, seed: int,
                        image_of) -> list[Conversation]:
-    """One description per image and `probes` existence probes (alternating yes and no;
-    a "no" probe prefers the absent co-occurring partner, the hallucination trap)."""
+    """One description per image and `probes` existence probes. With at least as many probes
+    as kinds, every kind is asked about (complete yes/no supervision: no image can be
+    answered from memory of its few probes). Fewer alternate yes and no, and a "no" probe
+    prefers the absent co-occurring partner, the hallucination trap."""
     out = []
     for scene in scenes:
         rng = random.Random(f"{seed}:base:{scene.image_id}")
@@ -34,6 +36,12 @@ def base_conversations(scenes: list[Scene], kinds: list[str], partners: dict[str
         present = sorted(scene.kinds())
         absent = [k for k in kinds if k not in present]
         traps = sorted({partners[k] for k in present if k in partners} - set(present))
+        if probes >= len(kinds):
+            for kind in kinds:
+                answer = "yes" if kind in present else "no"
+                out.append(Conversation(f"{scene.image_id}:probe-{kind}", image,
+                                        (Turn(EXISTENCE.format(kind=kind), answer, RESPONSE),), "probe"))
+            continue
         for j in range(probes):
             if j % 2 == 0 or not absent:
                 kind, answer = rng.choice(present), "yes"

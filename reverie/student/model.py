@@ -56,8 +56,9 @@ def build_tiny(settings, tokenizer, image_size: int):
                        tie_word_embeddings=False)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
-                         vision_feature_layer=-1, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", image_seq_length=(image_size // settings.patch_size) ** 2)
+                         vision_feature_layer=-1, vision_feature_select_strategy=settings.feature_select,
+                         projector_hidden_act="gelu",
+                         image_seq_length=(image_size // settings.patch_size) ** 2 + (settings.feature_select == "full"))
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -65,7 +66,7 @@ def build_tiny(settings, tokenizer, image_size: int):
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                                          do_center_crop=True, do_resize=True, resample=3)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=settings.patch_size,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               vision_feature_select_strategy=settings.feature_select, num_additional_image_tokens=1,
                                chat_template=CHAT_TEMPLATE)
     return model, processor
 

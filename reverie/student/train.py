@@ -124,9 +124,12 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
           checkpoint_dir: str | Path | None = None, on_log: Callable[[int, dict], None] | None = None,
           log_every: int = 10, progress: bool = True, desc: str = "train",
           batches: list[list[int]] | None = None) -> TrainResult:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # the vision tower's pooler never reaches the loss (LLaVA reads a hidden layer), so DDP
+    # must expect parameters without gradients
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.seed)
     if batches is None:

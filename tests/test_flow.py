@@ -1,0 +1,77 @@
+"""The Prefect flow drives the same DVC stages (one prefect_test_harness per session)."""
+import json
+import os
+import time
+
+import pytest
+
+from tests.conftest import dvc, make_project, tiny_params_dict
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def flow_project(tmp_path_factory, prefect_harness):
+    params = tiny_params_dict()
+    params["tune"]["variants"] = ["response"]
+    return make_project(tmp_path_factory.mktemp("flowproject"), params)
+
+
+def run_flow(project, **kwargs):
+    from flows.pipeline import pipeline
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        return pipeline(**kwargs)
+    finally:
+        os.chdir(cwd)
+
+
+def test_flow_runs_every_stage_then_skips_them_all(flow_project):
+    first = run_flow(flow_project)
+    assert list(first) == ["generate", "validate", "base", "tune@response-0", "evaluate@response-0", "report"]
+    assert set(first.values()) == {"ran"}
+    started = time.perf_counter()
+    second = run_flow(flow_project)
+    assert set(second.values()) == {"skipped"}, second
+    assert time.perf_counter() - started < 120
+    # plain DVC agrees that the flow left everything up to date
+    assert "Running stage" not in dvc(flow_project, "repro").stdout
+
+
+def test_mlflow_runs_carry_the_flow_run_id(flow_project):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{flow_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["reverie"], output_format="list")
+    tuned = [r for r in runs if r.data.tags.get("variant") == "response"]
+    assert tuned and all(r.data.tags.get("prefect.flow_run_id") for r in tuned)
+    run = tuned[0]
+    assert "eval.pope.random.f1" in run.data.metrics and "final.train_loss" in run.data.metrics
+    assert run.data.tags["dvc.stage"] == "tune@response-0"
+
+
+def test_a_failing_stage_fails_the_flow_with_its_name(flow_project):
+    params_path = flow_project / "params.yaml"
+    original = params_path.read_text()
+    try:
+        # a record gate that cannot pass: validate must fail, and the flow must say so
+        with pytest.raises(Exception, match="validate"):
+            run_flow(flow_project, overrides={"validate.min_records": 10**9})
+    finally:
+        params_path.write_text(original)
+
+
+def test_overrides_are_written_to_params_and_validated(flow_project):
+    from reverie.settings import ParamsError
+
+    with pytest.raises(ParamsError, match="validate.no_such_key"):
+        run_flow(flow_project, overrides={"validate.no_such_key": 1})
