@@ -24,7 +24,7 @@ def data_and_records(images: int = 600):
 
 
 def student(params, data_dir: Path, records):
-    from reverie.student.base import base_conversations, tokenizer_corpus
+    from reverie.student.base import describe_conversations, tokenizer_corpus
     from reverie.student.model import build_tiny, load_student, train_tokenizer
     from reverie.world import image_relpath
 
@@ -32,7 +32,7 @@ def student(params, data_dir: Path, records):
         model, processor = load_student("models/base")
         return model, processor, "models/base"
     scenes = [s for s in load_scenes(data_dir).values() if s.split == "train"]
-    convs = base_conversations(scenes, params.world.kinds, {}, 1, 0, image_relpath)
+    convs = describe_conversations(scenes, image_relpath)
     tok = train_tokenizer(tokenizer_corpus(records, convs), params.base.model.vocab_size)
     model, processor = build_tiny(params.base.model, tok, params.world.image_size)
     return model, processor, "untrained tiny student"

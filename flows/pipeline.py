@@ -68,9 +68,12 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
     if seeds is not None:
         changes["tune.seeds"] = list(seeds)
     apply_overrides(changes)
+    from reverie.settings import load_params
+
+    run_stage = reproduce.with_options(retries=load_params().orchestration.stage_retries)
     outcome = {}
     for stage in planned_stages():
-        outcome[stage] = reproduce(stage)
+        outcome[stage] = run_stage(stage)
     publish_artifacts()
     return outcome
 

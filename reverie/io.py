@@ -32,8 +32,19 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def _finite(value):
+    """NaN and infinity are not JSON: they are written as null."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, data, indent: int = 2) -> None:
-    write_text(path, json.dumps(data, indent=indent, sort_keys=False) + "\n")
+    write_text(path, json.dumps(_finite(data), indent=indent, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:

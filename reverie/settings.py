@@ -34,9 +34,9 @@ class WorldSettings(Section):
     min_objects: int = Field(2, ge=1)
     max_objects: int = Field(5, ge=1)
     popularity_decay: float = Field(0.85, gt=0, le=1)
-    cooccurrence_pairs: list[tuple[str, str]] = [("circle", "square"), ("triangle", "star")]
-    cooccurrence_bias: float = Field(0.7, ge=0, le=1)
-    train_images: int = Field(2000, ge=1)
+    cooccurrence_pairs: list[tuple[str, str]] = [("circle", "cross"), ("square", "star")]
+    cooccurrence_bias: float = Field(0.5, ge=0, le=1)
+    train_images: int = Field(3000, ge=1)
     eval_images: int = Field(400, ge=1)
 
     @model_validator(mode="after")
@@ -95,6 +95,7 @@ class BaseTrainSettings(Section):
     epochs: float = Field(6.0, gt=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
+    min_lr_fraction: float = Field(0.1, gt=0, le=1)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = 0.0
     existence_probes_per_image: int = Field(2, ge=0)
@@ -148,6 +149,11 @@ class ReportSettings(Section):
     baseline: Literal["response", "pos", "neg", "pos_neg"] = "response"
 
 
+class OrchestrationSettings(Section):
+    cron: str = "0 3 * * *"
+    stage_retries: int = Field(1, ge=0)
+
+
 class Params(Section):
     project: ProjectSettings = ProjectSettings()
     world: WorldSettings = WorldSettings()
@@ -157,6 +163,7 @@ class Params(Section):
     tune: TuneSettings = TuneSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     report: ReportSettings = ReportSettings()
+    orchestration: OrchestrationSettings = OrchestrationSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -11,7 +11,7 @@ import torch
 
 from .generate import load_scenes
 from .io import atomic_dir, read_jsonl, write_json, write_text
-from .student.base import base_conversations, tokenizer_corpus
+from .student.base import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
 from .student.samples import ChatEncoder, build_variant, to_llava_json
 from .student.train import ImageTable, TrainConfig, fingerprint, train
@@ -41,8 +41,7 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     torch.manual_seed(base.seed)
     scenes = [s for s in load_scenes(data_dir).values() if s.split == "train"]
     records = read_jsonl(Path(split_dir) / "train.jsonl")
-    conversations = base_conversations(scenes, params.world.kinds, _partners(params.world),
-                                       base.existence_probes_per_image, base.seed, image_relpath)
+    conversations, batches = base_curriculum(scenes, params.world.kinds, _partners(params.world), base, image_relpath)
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
@@ -50,8 +49,7 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     images = ImageTable(processor, data_dir, [s.image for s in samples])
     cfg = TrainConfig(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, warmup_fraction=base.warmup_fraction,
                       weight_decay=base.weight_decay, seed=base.seed, checkpoint_every=base.checkpoint_every,
-                      loss_normalization="sample")
-    batches = curriculum(samples, conversations, base)
+                      loss_normalization="sample", min_lr_fraction=base.min_lr_fraction)
     key = fingerprint(params.base.model_dump(), params.world.model_dump(), len(samples))
     ckpt_dir = Path(state_dir) / "checkpoints" / f"base-{key}"
     logger = _logger(params, "base", {"variant": "base", "seed": str(base.seed), "dvc.stage": "base"})
@@ -72,21 +70,6 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
         raise
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
-
-
-def curriculum(samples, conversations, base) -> list[list[int]]:
-    """Descriptions alone first (the image features form), then descriptions and existence
-    probes together. Probes from the start teach the co-occurrence prior before the model
-    sees anything, and it then learns to ignore the image (measured: loss with shuffled
-    images barely worse than with the right ones)."""
-    from .student.train import length_grouped_batches
-
-    lengths = [len(s.input_ids) for s in samples]
-    describe = [i for i, c in enumerate(conversations) if c.kind == "description"]
-    first = length_grouped_batches([lengths[i] for i in describe], base.batch_size, base.describe_epochs, base.seed)
-    first = [[describe[j] for j in batch] for batch in first]
-    second = length_grouped_batches(lengths, base.batch_size, base.epochs, base.seed + 1)
-    return first + second
 
 
 def _logger(params, name: str, tags: dict, run_id: str | None = None) -> RunLogger:

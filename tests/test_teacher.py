@@ -104,7 +104,7 @@ def test_confusing_answers_are_hard(generated):
     counting = [r for r in records if r["reasoning"] == "counting"]
     assert all(abs(int(r["correct_answer"]) - int(r["confusing_answer"])) == 1 for r in counting)
     absent_probes = [r for r in records if r["reasoning"] == "existence" and r["correct_answer"] == "no"]
-    partners = {"circle": "square", "square": "circle", "triangle": "star", "star": "triangle"}
+    partners = {"circle": "cross", "cross": "circle", "square": "star", "star": "square"}
     chosen, possible = 0, 0
     for r in absent_probes:
         kind = re.match(r"Is there a (\w+)", r["question"])[1]

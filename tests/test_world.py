@@ -45,6 +45,6 @@ def test_cooccurrence_bias_makes_partners_appear_together():
     def together_rate(settings):
         train, _ = sample_world(settings, seed=0)
         with_circle = [s for s in train if "circle" in s.kinds()]
-        return sum("square" in s.kinds() for s in with_circle) / len(with_circle)
+        return sum("cross" in s.kinds() for s in with_circle) / len(with_circle)
 
     assert together_rate(biased) > together_rate(unbiased) + 0.3

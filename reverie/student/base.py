@@ -22,35 +22,64 @@ def describe_scene(scene: Scene) -> str:
                     for o in objects)
 
 
-def base_conversations(scenes: list[Scene], kinds: list[str], partners: dict[str, str], probes: int, seed: int,
-                       image_of) -> list[Conversation]:
-    """One description per image and `probes` existence probes. With at least as many probes
-    as kinds, every kind is asked about (complete yes/no supervision: no image can be
-    answered from memory of its few probes). Fewer alternate yes and no, and a "no" probe
-    prefers the absent co-occurring partner, the hallucination trap."""
+def describe_conversations(scenes: list[Scene], image_of) -> list[Conversation]:
+    return [Conversation(f"{s.image_id}:describe", image_of(s), (Turn(DESCRIBE, describe_scene(s), RESPONSE),), "description")
+            for s in scenes]
+
+
+def probe_conversations(scenes: list[Scene], kinds: list[str], partners: dict[str, str], probes: int, seed: int,
+                        image_of) -> list[Conversation]:
+    """`probes` yes/no existence questions per image, alternating yes and no; a "no" probe
+    takes the absent co-occurring partner half the time (the hallucination trap)."""
     out = []
     for scene in scenes:
-        rng = random.Random(f"{seed}:base:{scene.image_id}")
-        image = image_of(scene)
-        out.append(Conversation(f"{scene.image_id}:describe", image, (Turn(DESCRIBE, describe_scene(scene), RESPONSE),), "description"))
+        rng = random.Random(f"{seed}:probe:{scene.image_id}")
         present = sorted(scene.kinds())
         absent = [k for k in kinds if k not in present]
         traps = sorted({partners[k] for k in present if k in partners} - set(present))
-        if probes >= len(kinds):
-            for kind in kinds:
-                answer = "yes" if kind in present else "no"
-                out.append(Conversation(f"{scene.image_id}:probe-{kind}", image,
-                                        (Turn(EXISTENCE.format(kind=kind), answer, RESPONSE),), "probe"))
-            continue
         for j in range(probes):
             if j % 2 == 0 or not absent:
                 kind, answer = rng.choice(present), "yes"
             else:
                 kind = rng.choice(traps) if traps and rng.random() < 0.5 else rng.choice(absent)
                 answer = "no"
-            out.append(Conversation(f"{scene.image_id}:probe{j}", image,
+            out.append(Conversation(f"{scene.image_id}:probe{seed}-{j}", image_of(scene),
                                     (Turn(EXISTENCE.format(kind=kind), answer, RESPONSE),), "probe"))
     return out
+
+
+def base_curriculum(scenes: list[Scene], kinds: list[str], partners: dict[str, str], settings, image_of):
+    """The base step's conversations and batch order.
+
+    Phase 1: descriptions alone, so the image features form first. Phase 2: each epoch, the
+    descriptions mixed at random with freshly drawn existence probes, in the same batches.
+    Measured on the default world: probes from the start, or probes in batches of their own
+    (length grouping), or the same few probes every epoch, all left a student that ignored
+    the image and answered from the co-occurrence prior."""
+    rng = random.Random(f"{settings.seed}:batches")
+    describe = describe_conversations(scenes, image_of)
+    conversations = list(describe)
+    batches: list[list[int]] = []
+
+    def add_epochs(indices: list[int], epochs: float) -> None:
+        total = round(epochs * len(indices) / settings.batch_size)
+        while total > 0:
+            order = list(indices)
+            rng.shuffle(order)
+            chunk = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)][:total]
+            batches.extend(chunk)
+            total -= len(chunk)
+
+    add_epochs(list(range(len(describe))), settings.describe_epochs)
+    epoch = 0
+    while epoch < settings.epochs:
+        probes = probe_conversations(scenes, kinds, partners, settings.existence_probes_per_image,
+                                     settings.seed * 1000 + epoch, image_of)
+        first = len(conversations)
+        conversations += probes
+        add_epochs(list(range(len(describe))) + list(range(first, len(conversations))), min(1.0, settings.epochs - epoch))
+        epoch += 1
+    return conversations, batches
 
 
 def tokenizer_corpus(records: list[dict], conversations: list[Conversation]):

@@ -1,0 +1,45 @@
+"""Prints the MLflow comparison of every (variant, seed) run: `python -m reverie.compare`."""
+from __future__ import annotations
+
+import argparse
+
+COLUMNS = ["tags.variant", "tags.seed", "metrics.final.train_loss", "metrics.final.response_loss",
+           "metrics.final.rationale_loss", "metrics.final.tokens_per_s", "metrics.pope.random.f1",
+           "metrics.pope.popular.f1", "metrics.pope.adversarial.f1", "metrics.mme.score",
+           "metrics.mmbench.circular_accuracy", "metrics.short_answer.accuracy"]
+
+
+def comparison(uri: str, experiment: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.variant != 'base'",
+                              order_by=["tags.variant", "tags.seed"])
+    if runs.empty:
+        return runs
+    present = [c for c in COLUMNS if c in runs.columns]
+    table = runs[["run_id", *present]].copy()
+    table.columns = [c.split(".", 1)[1] if "." in c else c for c in table.columns]
+    return table
+
+
+def main() -> None:
+    from .settings import load_params
+    from .tracking import tracking_uri
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml")
+    args = p.parse_args()
+    params = load_params(args.params)
+    table = comparison(tracking_uri(params.project.mlflow_tracking_uri), params.project.mlflow_experiment)
+    if table.empty:
+        print("no runs yet: run the pipeline first (make run)")
+        return
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
