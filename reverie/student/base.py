@@ -13,6 +13,7 @@ from ..world import Scene, position_name
 from .samples import RESPONSE, Conversation, Turn
 
 DESCRIBE = "Describe the image in detail."
+LIST_OBJECTS = "What objects are in the image?"
 EXISTENCE = "Is there a {kind} in the image?\nAnswer the question using a single word or phrase."
 
 
@@ -22,9 +23,23 @@ def describe_scene(scene: Scene) -> str:
                     for o in objects)
 
 
-def describe_conversations(scenes: list[Scene], image_of) -> list[Conversation]:
-    return [Conversation(f"{s.image_id}:describe", image_of(s), (Turn(DESCRIBE, describe_scene(s), RESPONSE),), "description")
-            for s in scenes]
+def list_objects(scene: Scene, kinds: list[str]) -> str:
+    """The kinds present, in the world's fixed kind order: to write the next one the model
+    must check, kind by kind, which are in the image (existence, densely supervised)."""
+    present = scene.kinds()
+    return ", ".join(k for k in kinds if k in present) + "."
+
+
+def describe_conversations(scenes: list[Scene], image_of, kinds: list[str] | None = None) -> list[Conversation]:
+    """A description per image (objects in reading order) and, given the kinds, an object
+    list (kinds in a fixed order). The description keys objects by position; the list keys
+    them by kind, which is what an existence question asks."""
+    out = []
+    for s in scenes:
+        out.append(Conversation(f"{s.image_id}:describe", image_of(s), (Turn(DESCRIBE, describe_scene(s), RESPONSE),), "description"))
+        if kinds:
+            out.append(Conversation(f"{s.image_id}:objects", image_of(s), (Turn(LIST_OBJECTS, list_objects(s, kinds), RESPONSE),), "description"))
+    return out
 
 
 def probe_conversations(scenes: list[Scene], kinds: list[str], partners: dict[str, str], probes: int, seed: int,
@@ -57,7 +72,7 @@ def base_curriculum(scenes: list[Scene], kinds: list[str], partners: dict[str, s
     (length grouping), or the same few probes every epoch, all left a student that ignored
     the image and answered from the co-occurrence prior."""
     rng = random.Random(f"{settings.seed}:batches")
-    describe = describe_conversations(scenes, image_of)
+    describe = describe_conversations(scenes, image_of, kinds)
     conversations = list(describe)
     batches: list[list[int]] = []
 
