@@ -26,12 +26,14 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(STAMP)
+	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m flows.pipeline
 
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
 test: $(STAMP)
+	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest -q
 
 mlflow-ui: $(STAMP)
