@@ -49,6 +49,8 @@ def records_for_scene(scene: Scene, teacher, judge, generate, seed: int) -> list
 
 
 def generate_dataset(params, out_dir: str | Path, render_images: bool = True, progress: bool = True) -> GenerateResult:
+    if params.generate.teacher == "openai":
+        return generate_from_image_folder(params, out_dir, render_images, progress)
     out_dir = Path(out_dir)
     world, generate = params.world, params.generate
     seed = params.project.seed
@@ -85,6 +87,54 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
         write_jsonl(out_dir / "records" / "raw.jsonl", raw)
         write_jsonl(out_dir / "records" / "filtered.jsonl", kept)
         write_jsonl(out_dir / "records" / "quarantine.jsonl", quarantined)
+    return GenerateResult(raw, metrics)
+
+
+def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool = True,
+                               progress: bool = True) -> GenerateResult:
+    """The same outputs from a folder of real images and an OpenAI-compatible teacher. The
+    images are copied under `out_dir/images/<split>/`, where validate looks for them; there is
+    no scene graph, so scenes.jsonl is written empty."""
+    import shutil
+
+    from .data_import import image_folder
+    from .teachers.openai_compat import generate_with_openai, log_usage_to_mlflow
+
+    out_dir, settings = Path(out_dir), params.generate.openai
+    entries = image_folder(settings.images_dir, settings.eval_fraction)
+    started = time.perf_counter()
+    raw, failed, usage = generate_with_openai(entries, params.generate, settings.cache_path, progress)
+    elapsed = time.perf_counter() - started
+    kept = [r for r in raw if r["judge"]["consistent"]]
+    quarantined = failed + [{"reason": f"judge: {r['judge']['reason']}", "record": r}
+                            for r in raw if not r["judge"]["consistent"]]
+    metrics = {
+        "records": len(kept),
+        "raw_records": len(raw),
+        "quarantined": len(quarantined),
+        "train_images": sum(e.split == "train" for e in entries),
+        "eval_images": sum(e.split == "eval" for e in entries),
+        "train_records": sum(r["split"] == "train" for r in kept),
+        "eval_records": sum(r["split"] == "eval" for r in kept),
+        "filter_rate": (len(raw) - len(kept)) / len(raw) if raw else 0.0,
+        "flagged": len(raw) - len(kept),
+        # precision and recall are measured against injected errors, which only the
+        # scene-graph teacher has: undefined here (NaN, written as null)
+        "filter_precision": float("nan"),
+        "filter_recall": float("nan"),
+        **{f"teacher_{k}": v for k, v in usage.items()},
+        "records_per_s": len(raw) / elapsed if elapsed else 0.0,
+        "seconds": elapsed,
+    }
+    if write_outputs:
+        for e in entries:
+            (out_dir / e.relpath).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(e.path, out_dir / e.relpath)
+        write_jsonl(out_dir / "scenes" / "scenes.jsonl", [])
+        write_jsonl(out_dir / "records" / "raw.jsonl", raw)
+        write_jsonl(out_dir / "records" / "filtered.jsonl", kept)
+        write_jsonl(out_dir / "records" / "quarantine.jsonl", quarantined)
+        log_usage_to_mlflow(params, metrics)
     return GenerateResult(raw, metrics)
 
 

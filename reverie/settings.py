@@ -52,12 +52,47 @@ class WorldSettings(Section):
         return self
 
 
+class OpenAITeacherSettings(Section):
+    """An OpenAI-compatible chat-completions teacher (OpenAI, Gemini's compatible endpoint,
+    vLLM, Ollama). Only the *name* of the environment variable holding the key lives here:
+    the key itself never reaches params, logs or outputs."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    qa_model: str = "gpt-4o-mini"
+    rationale_model: str = "gpt-4o-mini"
+    judge_model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(16, ge=1)
+    rpm: int | None = Field(None, ge=1)  # requests per minute; None: no limit
+    tpm: int | None = Field(None, ge=1)  # tokens per minute; None: no limit
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    temperature: float = Field(0.2, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=16)
+    price_per_1k_prompt: float = Field(0.0, ge=0)
+    price_per_1k_completion: float = Field(0.0, ge=0)
+    images_dir: str = "images"
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    cache_path: str = ".reverie/teacher_cache.sqlite"
+
+
 class GenerateSettings(Section):
-    teacher: Literal["scene_graph"] = "scene_graph"
-    judge: Literal["scene_graph"] = "scene_graph"
+    teacher: Literal["scene_graph", "openai"] = "scene_graph"
+    judge: Literal["scene_graph", "openai"] = "scene_graph"
     questions_per_image: int = Field(4, ge=1, le=20)
     noise_rate: float = Field(0.05, ge=0, le=1)
     template_version: str = "sg-v1"
+    openai: OpenAITeacherSettings = OpenAITeacherSettings()
+
+    @model_validator(mode="after")
+    def _judge_matches_teacher(self):
+        # the scene-graph judge reads only its own sentence grammar, and the OpenAI judge is
+        # wired into the OpenAI teacher's pipeline: mixing them would judge nothing useful
+        if self.teacher != self.judge:
+            raise ValueError(f"teacher is '{self.teacher}' but judge is '{self.judge}': set both to the same one")
+        return self
 
 
 class ValidateSettings(Section):

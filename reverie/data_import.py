@@ -1,0 +1,233 @@
+"""Real data in and out: an image folder for a real teacher, the released REVERIE annotations,
+LLaVA-style conversation JSON (the paper tunes on LLaVA-665k + REVERIE), and exports of
+records and reflective samples as LLaVA and ShareGPT JSON.
+
+Every image path read from a file is resolved inside its images root; one that would escape
+it (`../`, an absolute path, a symlink out) is refused with `UnsafeImagePath`, because the
+annotation files come from elsewhere. A row that is merely unusable (a missing field, a
+missing image) is quarantined with its reason, never silently dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .records import PUBLISHED_FIELDS, QUESTION_TYPES
+from .student.model import IMAGE_TOKEN
+from .student.samples import RESPONSE, Conversation, Turn, build_variant, to_llava_json
+from .teachers.scene_graph import LETTER, SHORT
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.)]\s+\S", re.M)
+
+
+class UnsafeImagePath(ValueError):
+    """An image path that resolves outside its images root."""
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image for a teacher: a stable id, where it is, and where it goes under the data root."""
+
+    image_id: str
+    path: Path
+    relpath: str
+    split: str
+
+
+def safe_image_path(root: str | Path, rel: str) -> Path:
+    """`root / rel`, refusing any path that leaves `root` (after resolving symlinks)."""
+    root = Path(root).resolve()
+    if not rel or Path(rel).is_absolute():
+        raise UnsafeImagePath(f"image path {rel!r} must be relative to the images root {root}")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        raise UnsafeImagePath(f"image path {rel!r} escapes the images root {root}; refusing to read it")
+    return path
+
+
+def split_for(image_id: str, eval_fraction: float) -> str:
+    """A deterministic split by a hash of the image id alone: adding or removing other images
+    never moves an image between splits."""
+    bucket = int(hashlib.sha256(image_id.encode("utf-8")).hexdigest()[:12], 16) / 16 ** 12
+    return "eval" if bucket < eval_fraction else "train"
+
+
+def image_id_for(root: Path, path: Path) -> str:
+    """The relative path without its suffix, made safe for ids and file names."""
+    rel = path.relative_to(root).with_suffix("").as_posix()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", rel.replace("/", "__"))
+
+
+def image_folder(root: str | Path, eval_fraction: float = 0.1) -> list[ImageEntry]:
+    """Every image under `root` (recursively, sorted), with its id and split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"images folder {root} does not exist")
+    resolved = root.resolve()
+    entries: dict[str, ImageEntry] = {}
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        if not path.resolve().is_relative_to(resolved):
+            raise UnsafeImagePath(f"{path} links outside the images folder {resolved}; refusing to read it")
+        image_id = image_id_for(root, path)
+        if image_id in entries:
+            raise ValueError(f"{path} and {entries[image_id].path} map to the same image id {image_id!r}; rename one")
+        split = split_for(image_id, eval_fraction)
+        entries[image_id] = ImageEntry(image_id, path, f"images/{split}/{image_id}{path.suffix.lower()}", split)
+    if not entries:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return list(entries.values())
+
+
+# ---- the released REVERIE annotations -----------------------------------------------------
+def infer_question_type(question: str, correct_answer: str) -> str:
+    """The release does not label formats; the answer-format suffix and the answer tell."""
+    if LETTER in question or len(OPTION_LINE.findall(question)) >= 2:
+        return "multiple_choice"
+    if correct_answer.strip().lower().rstrip(".") in ("yes", "no"):
+        return "yes_no"
+    if SHORT in question:
+        return "short_answer"
+    return "open_ended"
+
+
+def import_reverie(json_path: str | Path, images_root: str | Path, eval_fraction: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """Released REVERIE JSON (a list of dicts with the published field names) as records.
+    Returns (records, quarantined); raises `UnsafeImagePath` for an image outside the root."""
+    rows = json.loads(Path(json_path).read_text())
+    if not isinstance(rows, list):
+        raise ValueError(f"{json_path}: expected a JSON list of records")
+    records, quarantined = [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            quarantined.append({"reason": "not a JSON object", "index": i, "row": row})
+            continue
+        missing = [f for f in PUBLISHED_FIELDS if not str(row.get(f) or "").strip()]
+        if missing:
+            quarantined.append({"reason": f"missing field(s): {', '.join(missing)}", "index": i, "row": row})
+            continue
+        rel = str(row["image"])
+        try:
+            path = safe_image_path(images_root, rel)
+        except UnsafeImagePath as exc:
+            raise UnsafeImagePath(f"{json_path} record {i}: {exc}") from None
+        if not path.is_file():
+            quarantined.append({"reason": f"image {rel} not found under {images_root}", "index": i, "row": row})
+            continue
+        record_id = str(row.get("id") or f"reverie-{i}")
+        question_type = row.get("question_type") if row.get("question_type") in QUESTION_TYPES else \
+            infer_question_type(row["question"], str(row["correct_answer"]))
+        extra = {k: v for k, v in row.items() if k not in (*PUBLISHED_FIELDS, "id", "question_type")}
+        records.append({
+            "id": record_id,
+            **{f: str(row[f]) for f in PUBLISHED_FIELDS},
+            "image": Path(rel).as_posix(),
+            "question_type": question_type,
+            "reasoning": row.get("reasoning", "multi_step"),
+            "options": row.get("options"),
+            "split": split_for(Path(rel).as_posix(), eval_fraction),  # by image: no image in both splits
+            "judge": {"consistent": True, "reason": "released data (filtered by its authors)"},
+            "provenance": {"teacher": "reverie_release", "source": str(json_path), "source_fields": extra},
+        })
+    return records, quarantined
+
+
+def export_reverie(records: list[dict]) -> list[dict]:
+    """Records in the release's layout: id and the published fields."""
+    return [{"id": r["id"], **{f: r[f] for f in PUBLISHED_FIELDS}} for r in records]
+
+
+# ---- LLaVA and ShareGPT conversation JSON ---------------------------------------------------
+def _strip_image_token(text: str) -> str:
+    return text.replace(f"{IMAGE_TOKEN}\n", "").replace(f"\n{IMAGE_TOKEN}", "").replace(IMAGE_TOKEN, "").strip()
+
+
+def _conversation(row_id: str, image: str, pairs: list[tuple[str, str]], kind: str) -> Conversation:
+    return Conversation(row_id, image, tuple(Turn(_strip_image_token(u), a, RESPONSE) for u, a in pairs), kind)
+
+
+def _pairs(messages: list[dict], user_key: str, text_key: str, user: str, assistant: str) -> list[tuple[str, str]]:
+    """(user, assistant) pairs from alternating messages; a system message is skipped."""
+    turns = [m for m in messages if m.get(user_key) != "system"]
+    if len(turns) < 2 or len(turns) % 2:
+        raise ValueError("expected alternating user and assistant messages")
+    pairs = []
+    for u, a in zip(turns[::2], turns[1::2]):
+        if u.get(user_key) != user or a.get(user_key) != assistant:
+            raise ValueError(f"expected '{user}' then '{assistant}', got '{u.get(user_key)}' then '{a.get(user_key)}'")
+        pairs.append((str(u.get(text_key, "")), str(a.get(text_key, ""))))
+    return pairs
+
+
+def _read_conversations(rows, images_root, kind: str, parse) -> tuple[list[Conversation], list[dict]]:
+    conversations, quarantined = [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            quarantined.append({"reason": "not a JSON object", "index": i, "row": row})
+            continue
+        image = row.get("image") or next(iter(row.get("images") or []), None)
+        if not image:
+            # the student always sees an image; text-only rows (ShareGPT in LLaVA-665k) go aside
+            quarantined.append({"reason": "no image: text-only conversation", "index": i, "row": row})
+            continue
+        if images_root is not None:
+            path = safe_image_path(images_root, str(image))
+            if not path.is_file():
+                quarantined.append({"reason": f"image {image} not found under {images_root}", "index": i, "row": row})
+                continue
+        try:
+            pairs = parse(row)
+        except (ValueError, AttributeError, TypeError) as exc:
+            quarantined.append({"reason": f"unreadable conversation: {exc}", "index": i, "row": row})
+            continue
+        conversations.append(_conversation(str(row.get("id", f"{kind}-{i}")), str(image), pairs, kind))
+    return conversations, quarantined
+
+
+def import_llava(json_path: str | Path, images_root: str | Path | None = None) -> tuple[list[Conversation], list[dict]]:
+    """LLaVA conversation JSON (llava_v1_5_mix665k.json) as an extra training mix."""
+    rows = json.loads(Path(json_path).read_text())
+    return _read_conversations(rows, images_root, "llava_mix",
+                               lambda row: _pairs(row["conversations"], "from", "value", "human", "gpt"))
+
+
+def from_llava_json(rows: list[dict]) -> list[Conversation]:
+    conversations, quarantined = _read_conversations(
+        rows, None, "llava_mix", lambda row: _pairs(row["conversations"], "from", "value", "human", "gpt"))
+    if quarantined:
+        raise ValueError(f"{len(quarantined)} unreadable row(s), first: {quarantined[0]['reason']}")
+    return conversations
+
+
+def to_sharegpt_json(conversations: list[Conversation]) -> list[dict]:
+    """ShareGPT in the multimodal layout of LLaMA-Factory and most trainers: `messages` with
+    role/content, the image token in the first user message, and an `images` list."""
+    rows = []
+    for c in conversations:
+        messages = []
+        for i, t in enumerate(c.turns):
+            messages.append({"role": "user", "content": (f"{IMAGE_TOKEN}\n" if i == 0 else "") + t.user})
+            messages.append({"role": "assistant", "content": t.assistant})
+        rows.append({"id": c.id, "messages": messages, "images": [c.image]})
+    return rows
+
+
+def from_sharegpt_json(rows: list[dict]) -> list[Conversation]:
+    conversations, quarantined = _read_conversations(
+        rows, None, "sharegpt", lambda row: _pairs(row["messages"], "role", "content", "user", "assistant"))
+    if quarantined:
+        raise ValueError(f"{len(quarantined)} unreadable row(s), first: {quarantined[0]['reason']}")
+    return conversations
+
+
+def export_samples(records: list[dict], variant: str, prompts, fmt: str = "llava") -> list[dict]:
+    """Reflective training samples of a variant (see student/samples.py) as LLaVA or ShareGPT JSON."""
+    conversations = build_variant(records, variant, prompts)
+    if fmt == "llava":
+        return to_llava_json(conversations)
+    if fmt == "sharegpt":
+        return to_sharegpt_json(conversations)
+    raise ValueError(f"unknown export format {fmt!r}; expected llava or sharegpt")

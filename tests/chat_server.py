@@ -1,0 +1,207 @@
+"""A real chat-completions server on loopback with scripted answers, for the tests and
+`benchmarks/teacher.py`.
+
+Answers are deterministic functions of the request (so a rerun and a resume can be compared
+with an uninterrupted run); the step is told by the model name (`m-qa`, `m-rat`, `m-judge`).
+Faults are scripted per model and consumed in order: a status with headers (429 with
+Retry-After, 500), a malformed answer, a slow answer. The server counts requests in flight
+and keeps the sha256 of every answered request body, so tests can prove the concurrency
+limit and that no finished call is repeated. `GET /stats` serves the same counts to a client
+in another process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODELS = {"qa": "m-qa", "rationale": "m-rat", "judge": "m-judge"}
+TYPES = ("yes_no", "multiple_choice", "short_answer", "open_ended")
+
+
+@dataclass
+class Fault:
+    status: int = 200
+    headers: dict = field(default_factory=dict)
+    content: str | None = None  # replaces the normal answer (a malformed one)
+    delay_s: float = 0.0
+    body: str | None = None  # a raw error body
+    match: str | None = None  # applies only to a request whose body contains this text
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _texts(messages: list[dict]) -> str:
+    out = []
+    for m in messages:
+        parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+        out += [p.get("text") or p.get("image_url", {}).get("url", "") for p in parts]
+    return "\n".join(out)
+
+
+def qa_answer(messages: list[dict]) -> str:
+    """Questions of the four formats, derived from the image bytes in the data URL."""
+    text = _texts(messages[:1])
+    h = _digest(text)
+    n = int(re.search(r"write (\d+) questions", text).group(1)) if re.search(r"write (\d+) questions", text) else 3
+    questions = []
+    for j in range(n):
+        kind = TYPES[(int(h[j], 16) + j) % 4]
+        thing = f"object-{h[j * 2:j * 2 + 4]}"
+        if kind == "yes_no":
+            q = {"question": f"Is there a {thing} in the image?", "correct_answer": "yes", "confusing_answer": "no"}
+        elif kind == "multiple_choice":
+            q = {"question": f"What colour is the {thing}?", "options": ["red", "green", "blue"],
+                 "correct_answer": "B", "confusing_answer": "C"}
+        elif kind == "short_answer":
+            q = {"question": f"How many {thing}s are there?", "correct_answer": str(j + 2), "confusing_answer": str(j + 3)}
+        else:
+            q = {"question": f"Describe the {thing}.", "correct_answer": f"a small {thing} on the left",
+                 "confusing_answer": f"a large {thing} on the right"}
+        questions.append({**q, "question_type": kind, "reasoning": "attribute"})
+    return "Here are the questions:\n```json\n" + json.dumps({"questions": questions}) + "\n```"
+
+
+def rationale_answer(messages: list[dict]) -> str:
+    h = _digest(_texts(messages))[:10]
+    return f"The image shows the objects clearly, so the reasoning holds (trace {h})."
+
+
+def judge_answer(messages: list[dict]) -> str:
+    h = _digest(_texts(messages))
+    contradiction = int(h[:2], 16) % 5 == 0
+    return json.dumps({"contradiction": "yes" if contradiction else "no",
+                       "reason": "the rationales disagree" if contradiction else "consistent"})
+
+
+ANSWERS = {MODELS["qa"]: qa_answer, MODELS["rationale"]: rationale_answer, MODELS["judge"]: judge_answer}
+
+
+class ChatServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default 5 would drop bursts of concurrent connections
+
+    def __init__(self, latency_s: float = 0.0, expected_key: str | None = None):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.latency_s = latency_s
+        self.expected_key = expected_key
+        self.lock = threading.Lock()
+        self.faults: dict[str, list[Fault]] = {}
+        self.hold_after: int | None = None  # admit this many requests, then hold every later one
+        self.released = threading.Event()
+        self.reset()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests: list[dict] = []  # every request: model, body sha, time, status
+            self.answered: list[str] = []  # sha256 of each request body answered with 200
+            self.in_flight = 0
+            self.max_in_flight = 0
+            self.admitted = 0
+
+    def add_faults(self, step: str, *faults: Fault) -> None:
+        with self.lock:
+            self.faults.setdefault(MODELS[step], []).extend(faults)
+
+    def take_fault(self, model: str, text: str) -> Fault:
+        """The first scripted fault for this model that applies to this request (under the lock)."""
+        pending = self.faults.get(model, [])
+        for i, fault in enumerate(pending):
+            if fault.match is None or fault.match in text:
+                return pending.pop(i)
+        return Fault()
+
+    def hold(self, after: int) -> None:
+        self.released.clear()
+        self.hold_after = after
+
+    def release(self) -> None:
+        self.hold_after = None
+        self.released.set()
+
+    def start(self) -> "ChatServer":
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"requests": len(self.requests), "answered": list(self.answered),
+                    "max_in_flight": self.max_in_flight}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    server: ChatServer
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
+        try:
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a time-out): nothing to answer
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/stats"):
+            self._send(200, json.dumps(self.server.stats()).encode())
+        else:
+            self._send(404, b"{}")
+
+    def do_POST(self) -> None:
+        srv = self.server
+        try:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.loads(raw)
+        except (ValueError, OSError):  # a client killed while sending
+            self._send(400, b'{"error": {"message": "unreadable request"}}')
+            return
+        model, sha = body.get("model"), hashlib.sha256(raw).hexdigest()
+        with srv.lock:
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+            fault = srv.take_fault(model, raw.decode("utf-8"))
+            held = srv.hold_after is not None and srv.admitted >= srv.hold_after
+            srv.admitted += not held
+            srv.requests.append({"model": model, "sha": sha, "t": time.monotonic(), "messages": body["messages"],
+                                 "status": fault.status, "held": held})
+        try:
+            if held:  # the run is about to be killed: never answer this one
+                srv.released.wait(30)
+                self._send(503, b'{"error": "held"}')
+                return
+            if srv.expected_key is not None and self.headers.get("Authorization") != f"Bearer {srv.expected_key}":
+                self._send(401, json.dumps({"error": {"message": "invalid key"}}).encode())
+                return
+            time.sleep(srv.latency_s + fault.delay_s)
+            if fault.status != 200:
+                self._send(fault.status, (fault.body or json.dumps({"error": {"message": "scripted"}})).encode(), fault.headers)
+                return
+            content = fault.content if fault.content is not None else ANSWERS[model](body["messages"])
+            usage = {"prompt_tokens": len(raw) // 4, "completion_tokens": len(content) // 4}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            answer = {"id": "chatcmpl-" + sha[:8], "object": "chat.completion", "model": model,
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                   "finish_reason": "stop"}], "usage": usage}
+            with srv.lock:
+                srv.answered.append(sha)
+            self._send(200, json.dumps(answer).encode())
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1

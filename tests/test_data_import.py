@@ -1,0 +1,144 @@
+"""Real data in and out: image folders, the REVERIE release, LLaVA and ShareGPT JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from reverie.data_import import (
+    UnsafeImagePath,
+    export_reverie,
+    export_samples,
+    from_llava_json,
+    from_sharegpt_json,
+    image_folder,
+    import_llava,
+    import_reverie,
+    split_for,
+)
+from reverie.records import PUBLISHED_FIELDS
+from reverie.settings import PromptSettings
+from reverie.student.samples import build_variant
+
+MC = "What is on the table?\nA. a cup\nB. a plate\nC. a fork\nAnswer with the option's letter from the given choices directly."
+
+
+def _image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(path)
+    return path
+
+
+def _row(image: str, question: str, correct: str, confusing: str, **extra) -> dict:
+    return {"image": image, "question": question, "correct_answer": correct, "confusing_answer": confusing,
+            "correct_rationale": f"Because the image shows {correct}.",
+            "incorrect_rationale": f"The image does not show {confusing}.", **extra}
+
+
+@pytest.fixture
+def release(tmp_path) -> tuple[Path, Path]:
+    root = tmp_path / "images"
+    _image(root / "coco" / "a.jpg")
+    _image(root / "vg" / "b.png")
+    rows = [
+        _row("coco/a.jpg", "Is there a dog in the image?", "No", "Yes", id="r1"),
+        _row("coco/a.jpg", MC, "B", "A", id="r2"),
+        _row("vg/b.png", "Why is the man smiling?", "He is greeting a friend.", "He won a prize.", id="r3", source="vg"),
+        _row("vg/b.png", "How many cups?\nAnswer the question using a single word or phrase.", "2", "3"),
+        {"image": "vg/b.png", "question": "Missing answers?"},
+        _row("coco/missing.jpg", "Is it raining?", "no", "yes", id="r6"),
+    ]
+    path = tmp_path / "reverie.json"
+    path.write_text(json.dumps(rows))
+    return path, root
+
+
+def test_reverie_import_keeps_published_fields_and_quarantines_bad_rows(release):
+    path, root = release
+    records, quarantined = import_reverie(path, root)
+    assert [r["id"] for r in records] == ["r1", "r2", "r3", "reverie-3"]
+    assert [r["question_type"] for r in records] == ["yes_no", "multiple_choice", "open_ended", "short_answer"]
+    assert records[2]["provenance"]["source_fields"] == {"source": "vg"}
+    assert all(r["split"] == "train" and r["judge"]["consistent"] for r in records)
+    assert [q["index"] for q in quarantined] == [4, 5]
+    assert "missing field(s): correct_answer" in quarantined[0]["reason"]
+    assert "coco/missing.jpg not found" in quarantined[1]["reason"]
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "coco/../../outside.png", "/etc/hostname", "link/outside.png"])
+def test_reverie_import_refuses_image_paths_that_escape_the_root(tmp_path, release, bad):
+    _, root = release
+    outside = _image(tmp_path / "outside.png")
+    (root / "link").symlink_to(outside.parent, target_is_directory=True)
+    path = tmp_path / "evil.json"
+    path.write_text(json.dumps([_row("coco/a.jpg", "Is it day?", "yes", "no"), _row(bad, "Is it day?", "yes", "no")]))
+    with pytest.raises(UnsafeImagePath, match=r"evil.json record 1: image path .* (escapes|must be relative)"):
+        import_reverie(path, root)
+
+
+def test_reverie_export_imports_back_unchanged(release, tmp_path):
+    path, root = release
+    records, _ = import_reverie(path, root)
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps(export_reverie(records)))
+    back, quarantined = import_reverie(again, root)
+    assert quarantined == []
+    assert [{k: r[k] for k in ("id", *PUBLISHED_FIELDS)} for r in back] == \
+           [{k: r[k] for k in ("id", *PUBLISHED_FIELDS)} for r in records]
+
+
+@pytest.mark.parametrize("fmt,reader", [("llava", from_llava_json), ("sharegpt", from_sharegpt_json)])
+def test_reflective_samples_round_trip_through_llava_and_sharegpt(release, fmt, reader):
+    path, root = release
+    records, _ = import_reverie(path, root)
+    prompts = PromptSettings()
+    rows = export_samples(records, "pos_neg", prompts, fmt)
+    assert len(rows) == 3 * len(records)
+    first_user = rows[0]["conversations"][0]["value"] if fmt == "llava" else rows[0]["messages"][0]["content"]
+    assert first_user.startswith("<image>\n")
+    back = reader(json.loads(json.dumps(rows)))
+    original = build_variant(records, "pos_neg", prompts)
+    assert [(c.id, c.image, [(t.user, t.assistant) for t in c.turns]) for c in back] == \
+           [(c.id, c.image, [(t.user, t.assistant) for t in c.turns]) for c in original]
+    negative = next(c for c in back if c.id.endswith(":neg"))
+    assert negative.turns[1].user == prompts.negative.format(confusing_answer=records[0]["confusing_answer"])
+
+
+def test_llava_mix_import(tmp_path):
+    root = tmp_path / "images"
+    _image(root / "coco" / "x.jpg")
+    rows = [
+        {"id": "1", "image": "coco/x.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A square."},
+            {"from": "human", "value": "What colour?"}, {"from": "gpt", "value": "Dark blue."}]},
+        {"id": "2", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {"id": "3", "image": "coco/x.jpg", "conversations": [{"from": "human", "value": "<image>\nA?"},
+                                                             {"from": "human", "value": "B?"}]},
+    ]
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps(rows))
+    conversations, quarantined = import_llava(path, root)
+    assert [(t.user, t.assistant) for t in conversations[0].turns] == [("What is this?", "A square."), ("What colour?", "Dark blue.")]
+    assert conversations[0].kind == "llava_mix" and conversations[0].image == "coco/x.jpg"
+    assert [(q["index"], q["reason"].split(":")[0]) for q in quarantined] == [(1, "no image"), (2, "unreadable conversation")]
+    path.write_text(json.dumps([{"id": "4", "image": "../../etc/hostname", "conversations": rows[0]["conversations"]}]))
+    with pytest.raises(UnsafeImagePath):
+        import_llava(path, root)
+
+
+def test_image_folder_ids_and_deterministic_split(tmp_path):
+    root = tmp_path / "photos"
+    for name in ["a.jpg", "b.PNG", "sub/c.jpeg", "notes.txt"]:
+        (_image(root / name) if not name.endswith(".txt") else (root / name).write_text("x"))
+    entries = image_folder(root, eval_fraction=0.5)
+    assert [e.image_id for e in entries] == ["a", "b", "sub__c"]
+    assert all(e.relpath == f"images/{e.split}/{e.image_id}{e.path.suffix.lower()}" for e in entries)
+    assert [e.split for e in entries] == [split_for(e.image_id, 0.5) for e in entries] == \
+           [e.split for e in image_folder(root, eval_fraction=0.5)]
+    splits = [split_for(f"img{i}", 0.2) for i in range(2000)]
+    assert 0.17 < splits.count("eval") / len(splits) < 0.23
+    _image(root / "sub__c.png")
+    with pytest.raises(ValueError, match="same image id 'sub__c'"):
+        image_folder(root)
