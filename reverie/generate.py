@@ -49,20 +49,38 @@ def records_for_scene(scene: Scene, teacher, judge, generate, seed: int) -> list
 
 
 def generate_dataset(params, out_dir: str | Path, render_images: bool = True, progress: bool = True) -> GenerateResult:
-    if params.generate.teacher == "openai":
+    if params.generate.teacher in ("openai", "local"):
         return generate_from_image_folder(params, out_dir, render_images, progress)
     out_dir = Path(out_dir)
     world, generate = params.world, params.generate
     seed = params.project.seed
-    teacher = build_teacher(world, generate)
-    judge = SceneGraphJudge()
-    train, held_out = sample_world(world, seed)
-    scenes = train + held_out
+    source_metrics: dict = {}
+    if generate.annotations is not None:
+        # real scene graphs and their photographs instead of the synthetic world
+        from .annotations import read_annotations, save_png
+        from .teachers.annotated import AnnotatedSceneTeacher, CoLocatedJudge
+
+        source = read_annotations(generate.annotations)
+        scenes = source.scenes
+        teacher = AnnotatedSceneTeacher(source.kinds, source.colors, source.partners, generate.template_version)
+        judge = CoLocatedJudge()
+        source_metrics = {f"skipped_{reason}": n for reason, n in sorted(source.skipped.items())}
+
+        def write_image(scene: Scene) -> None:
+            save_png(source.paths[scene.image_id], out_dir / image_relpath(scene))
+    else:
+        teacher = build_teacher(world, generate)
+        judge = SceneGraphJudge()
+        train, held_out = sample_world(world, seed)
+        scenes = train + held_out
+
+        def write_image(scene: Scene) -> None:
+            write_scene(scene, out_dir)
     started = time.perf_counter()
     raw: list[dict] = []
     for scene in tqdm(scenes, desc="generate", unit="img", disable=not progress, mininterval=1.0):
         if render_images:
-            write_scene(scene, out_dir)
+            write_image(scene)
         raw.extend(records_for_scene(scene, teacher, judge, generate, seed))
     elapsed = time.perf_counter() - started
 
@@ -73,12 +91,13 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
         "records": len(kept),
         "raw_records": len(raw),
         "quarantined": len(quarantined),
-        "train_images": len(train),
-        "eval_images": len(held_out),
+        "train_images": sum(s.split == "train" for s in scenes),
+        "eval_images": sum(s.split == "eval" for s in scenes),
         "train_records": sum(r["split"] == "train" for r in kept),
         "eval_records": sum(r["split"] == "eval" for r in kept),
         "filter_rate": len(quarantined) / len(raw) if raw else 0.0,
         **quality,
+        **source_metrics,
         "records_per_s": len(raw) / elapsed if elapsed else 0.0,
         "seconds": elapsed,
     }
@@ -90,20 +109,36 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
     return GenerateResult(raw, metrics)
 
 
+def model_teacher(name: str):
+    """The function that runs a model teacher over images: `(entries, generate, cache_path,
+    progress) -> (records, quarantined, usage)`. Imported on demand: each pulls in its own
+    stack (httpx, or torch and transformers)."""
+    if name == "openai":
+        from .teachers.openai_compat import generate_with_openai
+        return generate_with_openai
+    if name == "local":
+        from .teachers.local_vlm import generate_with_local
+        return generate_with_local
+    raise ValueError(f"{name!r} is not a model teacher")
+
+
 def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool = True,
-                               progress: bool = True) -> GenerateResult:
-    """The same outputs from a folder of real images and an OpenAI-compatible teacher. The
-    images are copied under `out_dir/images/<split>/`, where validate looks for them; there is
-    no scene graph, so scenes.jsonl is written empty."""
+                               progress: bool = True, teach=None) -> GenerateResult:
+    """The same outputs from a folder of real images and a model teacher (`teach`, by default
+    the one `generate.teacher` names, whose settings section gives the images folder, the
+    eval fraction and the cache). The images are copied under `out_dir/images/<split>/`,
+    where validate looks for them; there is no scene graph, so scenes.jsonl is written empty."""
     import shutil
 
     from .data_import import image_folder
-    from .teachers.openai_compat import generate_with_openai, log_usage_to_mlflow
+    from .teachers.openai_compat import log_usage_to_mlflow
 
-    out_dir, settings = Path(out_dir), params.generate.openai
+    name = params.generate.teacher
+    out_dir, settings = Path(out_dir), getattr(params.generate, name)
+    teach = teach or model_teacher(name)
     entries = image_folder(settings.images_dir, settings.eval_fraction)
     started = time.perf_counter()
-    raw, failed, usage = generate_with_openai(entries, params.generate, settings.cache_path, progress)
+    raw, failed, usage = teach(entries, params.generate, settings.cache_path, progress)
     elapsed = time.perf_counter() - started
     kept = [r for r in raw if r["judge"]["consistent"]]
     quarantined = failed + [{"reason": f"judge: {r['judge']['reason']}", "record": r}

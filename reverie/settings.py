@@ -78,13 +78,43 @@ class OpenAITeacherSettings(Section):
     cache_path: str = ".reverie/teacher_cache.sqlite"
 
 
+class LocalTeacherSettings(Section):
+    """A transformers image-text-to-text model in a local folder (LLaVA, Qwen2-VL, ...) running
+    the same three steps as the OpenAI-compatible teacher, in batches of greedy generation."""
+
+    model_path: str = "models/teacher"
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(512, ge=1)
+    images_dir: str = "images"
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    cache_path: str = ".reverie/teacher_cache.sqlite"
+    device: str = "auto"  # "auto": the first CUDA device when there is one, else the CPU
+
+
+class AnnotationSettings(Section):
+    """Real scene graphs for the scene-graph teacher: COCO instances JSON or Visual Genome
+    objects/attributes JSON, and the folder of the images they describe."""
+
+    format: Literal["coco", "visual_genome"]
+    path: str
+    images_dir: str
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    # some questions list every object in their rationale: a crowded image would exceed
+    # validate's rationale length, and dropping objects would make counts and "no" answers false
+    max_objects: int = Field(10, ge=1)
+    max_images: int | None = Field(None, ge=1)
+    large_area_fraction: float = Field(0.05, gt=0, lt=1)  # bbox area / image area from which an object is "large"
+
+
 class GenerateSettings(Section):
-    teacher: Literal["scene_graph", "openai"] = "scene_graph"
-    judge: Literal["scene_graph", "openai"] = "scene_graph"
+    teacher: Literal["scene_graph", "openai", "local"] = "scene_graph"
+    judge: Literal["scene_graph", "openai", "local"] = "scene_graph"
     questions_per_image: int = Field(4, ge=1, le=20)
     noise_rate: float = Field(0.05, ge=0, le=1)
     template_version: str = "sg-v1"
     openai: OpenAITeacherSettings = OpenAITeacherSettings()
+    local: LocalTeacherSettings = LocalTeacherSettings()
+    annotations: AnnotationSettings | None = None  # None: the synthetic world
 
     @model_validator(mode="after")
     def _judge_matches_teacher(self):
@@ -92,6 +122,9 @@ class GenerateSettings(Section):
         # wired into the OpenAI teacher's pipeline: mixing them would judge nothing useful
         if self.teacher != self.judge:
             raise ValueError(f"teacher is '{self.teacher}' but judge is '{self.judge}': set both to the same one")
+        if self.annotations is not None and self.teacher != "scene_graph":
+            # the model teachers look at the pixels; only the scene-graph teacher reads annotations
+            raise ValueError(f"annotations are read by the scene_graph teacher only, but teacher is '{self.teacher}'")
         return self
 
 

@@ -47,6 +47,17 @@ def test_flow_runs_every_stage_then_skips_them_all(flow_project):
     assert "Running stage" not in dvc(flow_project, "repro").stdout
 
 
+def test_the_flow_publishes_the_ablation_table_and_run_links(flow_project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ablation-table"])))
+        links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ablation-runs"])))
+    assert table and table[0].type == "table" and "response" in str(table[0].data)
+    assert links and "MLflow run" in links[0].data
+
+
 def test_mlflow_runs_carry_the_flow_run_id(flow_project):
     import mlflow
 

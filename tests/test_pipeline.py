@@ -47,3 +47,39 @@ def test_a_params_typo_fails_before_any_work(repro_project, tmp_path):
         assert "generate.noise_rat" in result.stdout + result.stderr
     finally:
         (project / "params.yaml").write_text(params)
+
+
+def test_mlflow_holds_one_run_per_variant_and_seed_with_its_contents(repro_project):
+    import mlflow
+
+    project, _ = repro_project
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("reverie")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.variant != 'base'")
+    assert sorted((r.data.tags["variant"], r.data.tags["seed"]) for r in runs) == [("pos_neg", "0"), ("response", "0")]
+    run = next(r for r in runs if r.data.tags["variant"] == "pos_neg")
+    assert run.data.tags["dvc.stage"] == "tune@pos_neg-0" and run.data.tags["git_commit"]
+    assert run.data.params["tune.lora.r"] == "4" and run.data.params["variant"] == "pos_neg"
+    losses = client.get_metric_history(run.info.run_id, "response_loss")
+    assert len(losses) >= 1 and "rationale_loss" in run.data.metrics and "lr" in run.data.metrics
+    assert "eval.pope.adversarial.f1" in run.data.metrics  # evaluate logged into the same run
+    inputs = run.inputs.dataset_inputs
+    assert inputs and any(t.key == "dvc_md5" and t.value for t in inputs[0].tags)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/adapter_config.json", "model/adapter_model.safetensors", "model/tokenizer.json"} <= artifacts
+    info = json.loads((project / "models/pos_neg-s0/mlflow_run.json").read_text())
+    assert info["run_id"] == run.info.run_id
+
+
+def test_saved_predictions_rescore_without_the_model(repro_project, tmp_path):
+    import subprocess
+    import sys
+
+    project, _ = repro_project
+    out = tmp_path / "rescored.json"
+    subprocess.run([sys.executable, "-m", "reverie.evaluation.rescore", str(project / "predictions/response-s0.jsonl"),
+                    "--out", str(out)], check=True, capture_output=True)
+    rescored = json.loads(out.read_text())
+    original = json.loads((project / "metrics/eval/response-s0.json").read_text())
+    for key in ("pope.random.f1", "pope.mean_f1", "mme.score", "mmbench.circular_accuracy", "short_answer.accuracy"):
+        assert rescored[key] == original[key], key

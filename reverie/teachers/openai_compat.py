@@ -40,7 +40,7 @@ from ..data_import import ImageEntry
 from ..records import make_record
 from .cache import CallCache, call_key
 from .judge import Verdict
-from .parsing import ParseError, parse_judge, parse_questions, parse_rationale
+from .parsing import ParseError, image_entries, parse_judge, parse_questions, parse_rationale
 from .scene_graph import QAItem
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -336,15 +336,10 @@ class OpenAITeacher:
         return make_record(record_id, entry.relpath, entry.split, item, verdict, provenance), None
 
 
-def _entries(images) -> list[ImageEntry]:
-    """ImageEntry objects as they are; bare (image_id, path) pairs go to the train split."""
-    return [e if isinstance(e, ImageEntry) else ImageEntry(str(e[0]), Path(e[1]), str(e[1]), "train") for e in images]
-
-
 async def agenerate_with_openai(images, generate, cache_path: str | Path | None = None,
                                 progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """`generate_with_openai` for callers that already run an event loop."""
-    entries = _entries(images)
+    entries = image_entries(images)
     settings = generate.openai
     started = time.perf_counter()
     with CallCache(cache_path or settings.cache_path) as cache:
@@ -389,7 +384,8 @@ def log_usage_to_mlflow(params, metrics: dict) -> None:
     from ..tracking import RunLogger, prefect_tags, tracking_uri
 
     logger = RunLogger(tracking_uri(params.project.mlflow_tracking_uri), params.project.mlflow_experiment,
-                       "generate-openai", {"stage": "generate", "teacher": "openai", **prefect_tags()})
+                       f"generate-{params.generate.teacher}",
+                       {"stage": "generate", "teacher": params.generate.teacher, **prefect_tags()})
     try:
         logger.log_params({"generate": params.generate.model_dump()})
         logger.log_metrics(metrics)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from ..data_import import ImageEntry
 from ..records import REASONING_KINDS
 from .scene_graph import LETTER, SHORT
 
@@ -221,3 +223,10 @@ def parse_judge(text: str) -> tuple[JudgeAnswer, list[str]]:
         return JudgeAnswer.model_validate(data), []
     except ValidationError as exc:
         raise ParseError(describe_validation(exc)) from None
+
+
+# ---- the teachers' input ------------------------------------------------------------------
+def image_entries(images) -> list[ImageEntry]:
+    """What every model teacher accepts as its images: ImageEntry objects as they are; bare
+    (image_id, path) pairs go to the train split."""
+    return [e if isinstance(e, ImageEntry) else ImageEntry(str(e[0]), Path(e[1]), str(e[1]), "train") for e in images]

@@ -1,0 +1,323 @@
+"""A teacher that is a local `transformers` image-text-to-text model (LLaVA, Qwen2-VL, ...),
+loaded from a folder and run in batches of greedy generation.
+
+It runs the very steps of the OpenAI-compatible teacher (`OpenAITeacher`: the prompt files,
+the parsers, the one retry with the parse error, the quarantine), because only the transport
+differs: where that teacher sends each chat to a server, `BatchingClient` queues it, and a
+single worker turns whatever chats are waiting into one left-padded `generate` call. The
+asyncio structure of the steps is what fills the batches: while a batch generates (in a
+thread), every image in flight queues its next step.
+
+Each answer goes into the same content-addressed SQLite cache as the API teacher's answers,
+keyed by a fingerprint of the model folder, the messages (image bytes included) and the
+decoding parameters, so a rerun generates nothing and does not even load the model.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from tqdm import tqdm
+
+from .cache import CallCache, call_key
+from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError
+from .parsing import image_entries
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+SAMPLE_BYTES = 1 << 20  # of each weight file's head and tail, for the fingerprint
+SETTLE_ROUNDS = 3  # event-loop turns without a new request before a partial batch starts
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A digest of a model folder that changes when its weights, config, tokenizer or chat
+    template change. Small files are hashed whole; weight files by size, head and tail (any
+    retraining changes those bytes), so that fingerprinting a 15 GB model costs milliseconds."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        size = file.stat().st_size
+        h.update(f"{file.relative_to(root).as_posix()}:{size}".encode())
+        with file.open("rb") as f:
+            if file.suffix in WEIGHT_SUFFIXES and size > 2 * SAMPLE_BYTES:
+                h.update(f.read(SAMPLE_BYTES))
+                f.seek(-SAMPLE_BYTES, io.SEEK_END)
+                h.update(f.read(SAMPLE_BYTES))
+            else:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def decode_data_url(url: str):
+    """The image of a `data:<mime>;base64,...` URL (the only kind the teacher steps build)."""
+    from PIL import Image
+
+    if not url.startswith("data:") or ";base64," not in url:
+        raise ValueError("the local teacher reads images from base64 data URLs only")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+
+
+def to_hf_chat(messages: list[dict]) -> tuple[list[dict], list]:
+    """OpenAI-style messages as transformers chat messages (content parts, `{"type": "image"}`
+    placeholders) and the images in their order of appearance."""
+    chat, images = [], []
+    for m in messages:
+        parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+        content = []
+        for part in parts:
+            if part.get("type") == "image_url":
+                images.append(decode_data_url(part["image_url"]["url"]))
+                content.append({"type": "image"})
+            else:
+                content.append({"type": "text", "text": part.get("text") or ""})
+        chat.append({"role": m["role"], "content": content})
+    return chat, images
+
+
+def plain_prompt(chat: list[dict], image_token: str) -> str:
+    """LLaVA-1.5's layout, for a processor that ships no chat template."""
+    turns = []
+    for m in chat:
+        text = "".join(f"{image_token}\n" if p["type"] == "image" else p["text"] for p in m["content"])
+        turns.append(f"USER: {text}" if m["role"] == "user" else f"ASSISTANT: {text}")
+    return " ".join(turns) + " ASSISTANT:"
+
+
+class LocalVLM:
+    """Greedy batched generation with a model folder. The model is loaded on the first batch,
+    so a run that the cache answers entirely never loads it."""
+
+    def __init__(self, model_path: str | Path, device: str = "auto"):
+        self.path = Path(model_path)
+        if not self.path.is_dir():
+            raise TeacherConfigError(f"generate.local.model_path {self.path} is not a model folder")
+        self.device_setting = device
+        self.model_name = self.path.name
+        self.model_key = f"local:{self.model_name}:{model_fingerprint(self.path)}"
+        self.model = self.processor = None
+        self.tokens = {"prompt_tokens": 0, "completion_tokens": 0}
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoProcessor
+
+        device = self.device_setting
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        try:
+            self.processor = AutoProcessor.from_pretrained(str(self.path))
+            try:
+                from transformers import AutoModelForImageTextToText
+
+                model = AutoModelForImageTextToText.from_pretrained(str(self.path), dtype=dtype)
+            except (ImportError, ValueError):  # an architecture the auto class does not map
+                from transformers import LlavaForConditionalGeneration
+
+                model = LlavaForConditionalGeneration.from_pretrained(str(self.path), dtype=dtype)
+        except OSError as exc:
+            raise TeacherConfigError(f"cannot load the local teacher from {self.path}: {exc}") from None
+        self.model = model.to(device).eval()
+        tok = self.processor.tokenizer
+        tok.padding_side = "left"  # generation continues every row from its last real token
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def prompt(self, chat: list[dict]) -> str:
+        if getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return plain_prompt(chat, getattr(self.processor, "image_token", "<image>"))
+
+    def __call__(self, batch: list[list[dict]], max_new_tokens: int) -> list[str]:
+        import torch
+
+        if self.model is None:
+            self.load()
+        chats = [to_hf_chat(messages) for messages in batch]
+        texts = [self.prompt(chat) for chat, _ in chats]
+        images = [imgs for _, imgs in chats]
+        kwargs = {"images": images} if any(images) else {}
+        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
+        device, dtype = self.model.device, self.model.dtype
+        inputs = {k: v.to(device, dtype) if torch.is_floating_point(v) else v.to(device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.pad_id)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        self.tokens["prompt_tokens"] += int(inputs["attention_mask"].sum())
+        self.tokens["completion_tokens"] += int((new != self.pad_id).sum())
+        return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
+
+
+@dataclass
+class LocalUsage:
+    calls: int = 0  # chats generated (not served by the cache)
+    cache_hits: int = 0
+    batches: int = 0  # generate calls
+    failed: int = 0  # chats whose generation raised, quarantined by the teacher
+
+
+@dataclass
+class Pending:
+    messages: list[dict]
+    key: str
+    images: int
+    futures: list[asyncio.Future] = field(default_factory=list)
+
+
+class BatchingClient:
+    """`complete` with the API client's signature, answered by the cache or by batched local
+    generation. `generate_batch(list_of_chats, max_new_tokens) -> list_of_answers` runs in a
+    worker thread, so the event loop keeps queueing the next steps meanwhile."""
+
+    def __init__(self, generate_batch, cache: CallCache, model_key: str, batch_size: int):
+        self.generate_batch, self.cache, self.model_key = generate_batch, cache, model_key
+        self.batch_size = batch_size
+        self.queue: dict[tuple[str, int], Pending] = {}  # by (cache key, max tokens), in arrival order
+        self.wake = asyncio.Event()
+        self.usage = LocalUsage()
+
+    def scrub(self, text: str) -> str:  # the teacher's interface; a local model has no secret
+        return text
+
+    async def complete(self, model: str, messages: list[dict], max_tokens: int) -> str:
+        key = call_key(self.model_key, messages, {"do_sample": False, "max_new_tokens": max_tokens})
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.usage.cache_hits += 1
+            return hit["content"]
+        future = asyncio.get_running_loop().create_future()
+        pending = self.queue.get((key, max_tokens))
+        if pending is None:  # an identical chat already waiting is generated once for both
+            images = sum(p.get("type") == "image_url" for m in messages if isinstance(m["content"], list)
+                         for p in m["content"])
+            pending = self.queue[(key, max_tokens)] = Pending(messages, key, images)
+        pending.futures.append(future)
+        self.wake.set()
+        return await future
+
+    async def serve(self) -> None:
+        """The worker: runs until cancelled. Any failure reaches the waiting callers."""
+        while True:
+            await self.wake.wait()
+            await self._settle()
+            max_tokens, batch = self._take()
+            if not self.queue:
+                self.wake.clear()
+            if not batch:
+                continue
+            try:
+                answers = await asyncio.to_thread(self._generate, [p.messages for p in batch], max_tokens)
+            except BaseException as exc:  # cancellation or a bug: no caller may wait forever
+                for p in batch + list(self.queue.values()):
+                    self._resolve(p, TeacherError(f"local generation stopped: {exc!r}"))
+                raise
+            for p, answer in zip(batch, answers):
+                if isinstance(answer, Exception):
+                    self._resolve(p, TeacherError(f"local generation failed: {answer!r}"[:300]))
+                else:
+                    self.cache.put(p.key, self.model_key, answer, {})  # committed before anyone sees it
+                    self._resolve(p, answer)
+
+    @staticmethod
+    def _resolve(pending: Pending, result: str | Exception) -> None:
+        for f in pending.futures:
+            if f.done():
+                continue
+            if isinstance(result, Exception):
+                f.set_exception(result)
+            else:
+                f.set_result(result)
+
+    async def _settle(self) -> None:
+        """Lets the callers woken by the last batch queue their next chats before the next
+        batch starts, so that batches are full whenever there is work for them."""
+        last, still = -1, 0
+        while len(self.queue) < self.batch_size and still < SETTLE_ROUNDS:
+            await asyncio.sleep(0)
+            still = still + 1 if len(self.queue) == last else 0
+            last = len(self.queue)
+
+    def _take(self) -> tuple[int, list[Pending]]:
+        """Up to `batch_size` waiting chats with as many images as the oldest one: processors
+        differ in how (or whether) they batch chats with and without images together."""
+        if not self.queue:
+            return 0, []
+        (_, max_tokens), first = next(iter(self.queue.items()))
+        chosen = [k for k, p in self.queue.items() if k[1] == max_tokens and p.images == first.images][: self.batch_size]
+        return max_tokens, [self.queue.pop(k) for k in chosen]
+
+    def _generate(self, batch: list[list[dict]], max_tokens: int) -> list[str | Exception]:
+        """One generate call; when it fails, each chat alone, so that one bad chat (too long
+        for the model, an unreadable image) does not sink its batch-mates."""
+        self.usage.batches += 1
+        try:
+            answers = list(self.generate_batch(batch, max_tokens))
+            if len(answers) != len(batch):
+                raise RuntimeError(f"{len(answers)} answers for {len(batch)} chats")
+            self.usage.calls += len(batch)
+            return answers
+        except Exception as exc:
+            if len(batch) == 1:
+                self.usage.failed += 1
+                return [exc]
+        return [answer for chat in batch for answer in self._generate([chat], max_tokens)]
+
+
+class LocalTeacher(OpenAITeacher):
+    """The OpenAI teacher's steps over a `BatchingClient`. Those steps read the model names and
+    the token budget from `self.o`; here every step is the one local model."""
+
+    name = "local"
+
+    def __init__(self, generate, client: BatchingClient, model_name: str):
+        super().__init__(generate, client)
+        self.o = SimpleNamespace(qa_model=model_name, rationale_model=model_name, judge_model=model_name,
+                                 max_tokens=generate.local.max_new_tokens)
+
+
+async def agenerate_with_local(images, generate, cache_path: str | Path | None = None, progress: bool = True,
+                               generator=None) -> tuple[list[dict], list[dict], dict]:
+    """`generate_with_local` for callers that already run an event loop."""
+    entries = image_entries(images)
+    settings = generate.local
+    generator = generator or LocalVLM(settings.model_path, settings.device)
+    started = time.perf_counter()
+    with CallCache(cache_path or settings.cache_path) as cache:
+        client = BatchingClient(generator, cache, generator.model_key, settings.batch_size)
+        teacher = LocalTeacher(generate, client, generator.model_name)
+        worker = asyncio.create_task(client.serve())
+        # enough images in flight that every batch fills, few enough to bound their data URLs
+        image_slots = asyncio.Semaphore(max(4, 2 * settings.batch_size))
+        bar = tqdm(total=len(entries), desc="teacher", unit="img", disable=not progress, mininterval=1.0)
+
+        async def one(entry):
+            async with image_slots:
+                result = await teacher.records_for_image(entry)
+            bar.update()
+            return result
+
+        try:
+            results = await asyncio.gather(*(one(e) for e in entries))
+        finally:
+            bar.close()
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+    records = [r for rs, _ in results for r in rs]
+    quarantined = [q for _, qs in results for q in qs]
+    metrics = {**asdict(client.usage), **getattr(generator, "tokens", {}), "quarantined": len(quarantined),
+               "images": len(entries), "records": len(records), "seconds": time.perf_counter() - started}
+    return records, quarantined, metrics
+
+
+def generate_with_local(images, generate, cache_path: str | Path | None = None, progress: bool = True,
+                        generator=None) -> tuple[list[dict], list[dict], dict]:
+    """Records for `images` (ImageEntry objects or (image_id, path) pairs) from the local model
+    in `generate.local`, in the OpenAI teacher's format and order. Returns (records,
+    quarantined, metrics). `generator` replaces the model (tests): a callable
+    `(chats, max_new_tokens) -> answers` with `model_name` and `model_key` attributes."""
+    return asyncio.run(agenerate_with_local(images, generate, cache_path, progress, generator))

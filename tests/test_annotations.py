@@ -1,0 +1,226 @@
+"""Scene graphs from COCO and Visual Genome annotations, and the scene-graph teacher on them."""
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from reverie.annotations import read_annotations, teacher_partners
+from reverie.evaluation.benchmarks import object_statistics, pope
+from reverie.generate import records_for_scene
+from reverie.records import PUBLISHED_FIELDS, filter_quality
+from reverie.settings import AnnotationSettings, GenerateSettings
+from reverie.teachers.judge import SceneGraphJudge
+from reverie.teachers.annotated import AnnotatedSceneTeacher, CoLocatedJudge, contradiction
+from reverie.world import Scene, SceneObject, position_name
+
+CATEGORIES = [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "traffic light"},
+              {"id": 4, "name": "car"}, {"id": 5, "name": "bicycle"}]
+
+
+def write_image(path: Path, size=(300, 300)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (90, 120, 150)).save(path)
+
+
+def write_coco(tmp_path: Path, images: list[dict], annotations: list[dict]) -> AnnotationSettings:
+    for image in images:
+        if not image.get("missing"):
+            write_image(tmp_path / "coco" / image["file_name"], (image["width"], image["height"]))
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+    return AnnotationSettings(format="coco", path=str(path), images_dir=str(tmp_path / "coco"), eval_fraction=0.3)
+
+
+@pytest.fixture
+def coco(tmp_path) -> AnnotationSettings:
+    images = [{"id": i, "file_name": f"val/{i:06d}.jpg", "width": 300, "height": 300} for i in range(1, 6)]
+    images[4]["missing"] = True
+    ann = [  # image 1: one object per cell; image 2: three objects in the centre cell
+        {"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 150, 150]},  # large dog, top left
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [220, 220, 60, 60]},  # small person, bottom right
+        {"id": 3, "image_id": 1, "category_id": 3, "bbox": [120, 10, 20, 40]},  # small traffic light, top
+        {"id": 4, "image_id": 2, "category_id": 1, "bbox": [110, 110, 30, 60]},
+        {"id": 5, "image_id": 2, "category_id": 1, "bbox": [150, 110, 30, 60]},
+        {"id": 6, "image_id": 2, "category_id": 4, "bbox": [105, 130, 90, 40]},
+        {"id": 7, "image_id": 3, "category_id": 1, "bbox": [0, 0, 300, 300], "iscrowd": 1},  # crowd: skipped
+        # image 4 has no annotation; image 5's file is missing
+        {"id": 8, "image_id": 5, "category_id": 2, "bbox": [0, 0, 10, 10]},
+    ]
+    return write_coco(tmp_path, images, ann)
+
+
+def random_coco(tmp_path: Path, n_images: int, seed: int = 0) -> AnnotationSettings:
+    """Crowded, overlapping scenes: several objects share grid cells, as in real photos."""
+    rng = random.Random(seed)
+    images = [{"id": i, "file_name": f"{i:06d}.jpg", "width": 240, "height": 180} for i in range(n_images)]
+    ann, next_id = [], 0
+    for image in images:
+        for _ in range(rng.randint(2, 7)):
+            w, h = rng.randint(10, 150), rng.randint(10, 120)
+            ann.append({"id": next_id, "image_id": image["id"], "category_id": rng.randint(1, 5),
+                        "bbox": [rng.randint(0, 240 - w), rng.randint(0, 180 - h), w, h]})
+            next_id += 1
+    return write_coco(tmp_path, images, ann)
+
+
+def objects(scene: Scene) -> list[tuple]:
+    return [(o.kind, o.color, o.size, o.row, o.col) for o in scene.objects]
+
+
+def test_coco_scenes_have_the_annotated_kinds_sizes_and_cells(coco):
+    source = read_annotations(coco)
+    by_id = {s.image_id: s for s in source.scenes}
+    assert sorted(by_id) == ["val__000001", "val__000002"]
+    assert objects(by_id["val__000001"]) == [("dog", "unknown", "large", 0, 0), ("person", "unknown", "small", 2, 2),
+                                             ("traffic light", "unknown", "small", 0, 1)]
+    assert objects(by_id["val__000002"]) == [("person", "unknown", "small", 1, 1)] * 2 + [("car", "unknown", "small", 1, 1)]
+    assert by_id["val__000001"].objects[0].bbox == (0, 0, 150, 150)
+    assert dict(source.skipped) == {"crowd_region": 1, "no_objects": 1, "image_not_found": 1}
+    assert source.kinds == ["bicycle", "car", "dog", "person", "traffic light"]  # every category, present or not
+    assert source.partners["car"] == "person" and source.partners["dog"] == "person"  # ties: first by name
+    assert source.paths["val__000002"].name == "000002.jpg"
+    # the split is a hash of the id: the same on every run, whatever else is in the file
+    assert [s.split for s in read_annotations(coco).scenes] == [s.split for s in source.scenes]
+
+
+def test_object_limit_and_image_limit(tmp_path):
+    settings = random_coco(tmp_path, 30)
+    every = read_annotations(settings)
+    assert all(len(s.objects) <= settings.max_objects for s in every.scenes)
+    few = read_annotations(settings.model_copy(update={"max_objects": 4, "max_images": 5}))
+    assert len(few.scenes) == 5 and all(len(s.objects) <= 4 for s in few.scenes)
+    assert few.skipped["too_many_objects"] == sum(len(s.objects) > 4 for s in every.scenes)
+
+
+def test_visual_genome_colours_names_and_duplicate_boxes(tmp_path):
+    write_image(tmp_path / "vg" / "VG_100K_2" / "10.jpg", (400, 300))
+    rows = [{"image_id": 10, "attributes": [
+        {"object_id": 1, "x": 10, "y": 10, "w": 150, "h": 120, "names": ["Tree"], "attributes": ["tall", "Dark Green"]},
+        {"object_id": 2, "x": 12, "y": 12, "w": 148, "h": 118, "names": ["tree"]},  # the same tree boxed again
+        {"object_id": 3, "x": 300, "y": 250, "w": 20, "h": 30, "names": ["man"], "attributes": ["grey"]},
+        {"object_id": 4, "x": 190, "y": 140, "w": 30, "h": 20, "names": ["fire_hydrant"]},
+        {"object_id": 5, "x": 0, "y": 0, "w": 0, "h": 0, "names": ["nothing"]}]},  # an empty box: ignored
+        {"image_id": 11, "objects": [{"x": 0, "y": 0, "w": 5, "h": 5, "names": ["cat"]}]}]  # no image file
+    path = tmp_path / "attributes.json"
+    path.write_text(json.dumps(rows))
+    source = read_annotations(AnnotationSettings(format="visual_genome", path=str(path), images_dir=str(tmp_path / "vg")))
+    (scene,) = source.scenes
+    assert scene.image_id == "vg-10" and (scene.width, scene.height) == (400, 300)  # size read from the file
+    assert objects(scene) == [("tree", "green", "large", 0, 0), ("man", "gray", "small", 2, 2),
+                              ("fire hydrant", "unknown", "small", 1, 1)]
+    assert source.kinds == ["fire hydrant", "man", "tree"] and source.skipped["image_not_found"] == 1
+
+
+def test_partners_are_the_most_frequent_companions():
+    def scene(*kinds):
+        return Scene("x", "train", 3, 3, 3, [SceneObject(i, k, "red", "small", 0, 0, (0, 0, 1, 1)) for i, k in enumerate(kinds)])
+
+    scenes = [scene("cup", "table"), scene("cup", "table", "chair"), scene("chair", "table"), scene("chair", "lamp")]
+    assert teacher_partners(scenes) == {"chair": "table", "cup": "table", "lamp": "chair", "table": "chair"}
+
+
+# ---- the scene-graph teacher on annotated scenes ------------------------------------------------
+def teach(source, noise_rate: float, seed: int = 3) -> list[dict]:
+    generate = GenerateSettings(questions_per_image=4, noise_rate=noise_rate)
+    teacher = AnnotatedSceneTeacher(source.kinds, source.colors, source.partners, generate.template_version)
+    return [r for s in source.scenes for r in records_for_scene(s, teacher, CoLocatedJudge(), generate, seed)]
+
+
+def truth(scene: Scene, record: dict) -> str | None:
+    """The answer the annotations give to the record's question, for the forms that name it."""
+    q = record["question"]
+    if m := re.match(r"Is there a (.+) in the image\?", q):
+        return "yes" if m.group(1) in scene.kinds() else "no"
+    if m := re.match(r"How many (.+)s are there", q):
+        return str(scene.count(m.group(1)))
+    if m := re.match(r"Where is the (.+) in the image\?", q):
+        (obj,) = [o for o in scene.objects if o.kind == m.group(1)]
+        return position_name(obj.row, obj.col, scene.grid)
+    if m := re.match(r"Are there more (.+)s than (.+)s in the image\?", q):
+        return "yes" if scene.count(m.group(1)) > scene.count(m.group(2)) else "no"
+    return None
+
+
+def test_teacher_answers_match_the_annotations_and_the_judge_accepts_them(tmp_path):
+    source = read_annotations(random_coco(tmp_path, 40))
+    records = teach(source, noise_rate=0.0)
+    scenes = {s.image_id: s for s in source.scenes}
+    assert len(records) >= 3 * len(scenes)
+    checked = 0
+    for r in records:
+        assert all(r[f] for f in PUBLISHED_FIELDS)
+        scene = scenes[r["image"].split("/")[-1].removesuffix(".png")]
+        expected = truth(scene, r)
+        if expected is not None:
+            assert r["correct_answer"] == expected, r["question"]
+            assert r["confusing_answer"] != expected
+            checked += 1
+        assert "unknown" not in r["correct_answer"] and "What shape" not in r["question"]
+        if r["question"].startswith(("What is the object at the", "Describe the object at the")):
+            position = r["question"].split("at the ")[1].split("?")[0].split(".")[0]
+            assert sum(position_name(o.row, o.col, 3) == position for o in scene.objects) == 1
+    assert checked >= len(records) // 2
+    # several objects share cells in these scenes; true rationales must not look contradictory,
+    # as they do to the synthetic world's judge, which expects one object per cell
+    assert [r["judge"]["reason"] for r in records if not r["judge"]["consistent"]] == []
+    synthetic_judge = SceneGraphJudge()
+    assert any(not synthetic_judge.judge(r["question"], r["correct_answer"], r["confusing_answer"],
+                                         r["correct_rationale"], r["incorrect_rationale"]).consistent for r in records)
+
+
+def test_the_judge_catches_injected_teacher_errors_on_crowded_scenes(tmp_path):
+    records = teach(read_annotations(random_coco(tmp_path, 40)), noise_rate=1.0)
+    quality = filter_quality(records)
+    assert quality["injected"] == len(records)
+    assert quality["filter_recall"] >= 0.9 and quality["filter_precision"] == 1.0
+
+
+def test_co_located_objects_are_not_a_contradiction_but_a_redescribed_one_is():
+    positive = ("There is a small unknown person at the center. There is a small unknown car at the center. "
+                "So the answer is yes.")
+    assert contradiction(positive, "The answer no is wrong. There is a small unknown person at the center. "
+                                   "There is a small unknown car at the center.") is None
+    problem = contradiction(positive, "The answer no is wrong. There is a small unknown person at the center. "
+                                      "There is a small unknown traffic light at the center.")
+    assert "describes the small unknown car at the center as a small unknown traffic light" in problem
+    assert "no traffic light" in contradiction("There is no traffic light in the image. So the answer is no.",
+                                               "The answer yes is wrong. There is a large red traffic light at the top.")
+
+
+def test_pope_builds_on_annotated_scenes(tmp_path):
+    source = read_annotations(random_coco(tmp_path, 30))
+    train = [s for s in source.scenes if s.split == "train"]
+    held_out = [s for s in source.scenes if s.split == "eval"]
+    assert train and held_out
+    frequency, together = object_statistics(train)
+    items = pope(held_out, source.kinds, frequency, together, per_image=2, seed=0)
+    scenes = {s.image_id: s for s in held_out}
+    assert items and {i.extra["split"] for i in items} == {"random", "popular", "adversarial"}
+    for item in items:
+        scene = scenes[item.image.split("/")[-1].removesuffix(".png")]
+        assert item.label == ("yes" if item.extra["object"] in scene.kinds() else "no")
+
+
+def test_generate_uses_the_annotations_and_their_images(tmp_path, coco):
+    from reverie.generate import generate_dataset, load_scenes
+    from reverie.settings import Params
+
+    from .conftest import tiny_params_dict
+
+    data = tiny_params_dict(tmp_path)
+    data["generate"]["annotations"] = coco.model_dump()
+    result = generate_dataset(Params.model_validate(data), tmp_path / "data", progress=False)
+    scenes = load_scenes(tmp_path / "data")
+    assert sorted(scenes) == ["val__000001", "val__000002"]
+    assert scenes["val__000002"].objects[2].kind == "car"
+    for scene in scenes.values():
+        with Image.open(tmp_path / "data" / "images" / scene.split / f"{scene.image_id}.png") as image:
+            assert image.size == (300, 300) and image.format == "PNG"
+    assert result.raw and {r["provenance"]["teacher"] for r in result.raw} == {"scene_graph_annotations"}
+    assert result.metrics["skipped_crowd_region"] == 1 and result.metrics["train_images"] + result.metrics["eval_images"] == 2
+    assert not (tmp_path / "data" / "images" / "train" / "train-000000.png").exists()  # no synthetic world
