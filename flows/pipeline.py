@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from reverie.orchestration import apply_overrides, planned_stages, repro_command, run_streaming
+from reverie.orchestration import apply_overrides, planned_stages, repro_command, run_streaming, stage_environment
 
 
 class StageFailed(RuntimeError):
@@ -22,7 +21,7 @@ class StageFailed(RuntimeError):
 def reproduce(stage: str) -> str:
     """Asks DVC to reproduce one stage; DVC skips it when nothing it depends on changed."""
     logger = get_run_logger()
-    env = dict(os.environ, REVERIE_PREFECT_FLOW_RUN_ID=str(flow_run.id or ""))
+    env = stage_environment({"REVERIE_PREFECT_FLOW_RUN_ID": str(flow_run.id or "")})
     code, tail = run_streaming(repro_command(stage), logger.info, env=env)
     if code != 0:
         raise StageFailed(f"stage '{stage}' failed (exit {code}):\n" + "\n".join(tail[-15:]))

@@ -57,6 +57,17 @@ def repro_command(stage: str) -> list[str]:
     return [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
 
 
+def stage_environment(extra: dict | None = None) -> dict:
+    """The stages' `python` must be this interpreter (the project's venv) even when the venv
+    is not activated: its bin folder goes first on PATH."""
+    import os
+
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, **(extra or {}))
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
 def run_streaming(cmd: list[str], on_line, env=None, cwd=None) -> tuple[int, list[str]]:
     """Runs a command, handing each output line to `on_line`; returns the code and the tail."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,

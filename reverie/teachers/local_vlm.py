@@ -29,23 +29,25 @@ from .cache import CallCache, call_key
 from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError
 from .parsing import image_entries
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-SAMPLE_BYTES = 1 << 20  # of each weight file's head and tail, for the fingerprint
+LARGE_FILE = 64 << 20  # files above this (weights) are fingerprinted by sample, not read whole
+SAMPLE_BYTES = 1 << 20  # of a large file's head and tail
 SETTLE_ROUNDS = 3  # event-loop turns without a new request before a partial batch starts
 
 
 def model_fingerprint(path: str | Path) -> str:
     """A digest of a model folder that changes when its weights, config, tokenizer or chat
-    template change. Small files are hashed whole; weight files by size, head and tail (any
-    retraining changes those bytes), so that fingerprinting a 15 GB model costs milliseconds."""
+    template change, so that the cache never answers for another model. Small files are
+    hashed whole. Large ones (weights) by size, head, tail and modification time, so that a
+    15 GB model costs milliseconds: a fine-tune may leave a shard's head and tail intact, and
+    the time catches its rewrite; a copied model that got new times only misses the cache."""
     root = Path(path)
     h = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
-        size = file.stat().st_size
-        h.update(f"{file.relative_to(root).as_posix()}:{size}".encode())
+        stat = file.stat()
+        h.update(f"{file.relative_to(root).as_posix()}:{stat.st_size}".encode())
         with file.open("rb") as f:
-            if file.suffix in WEIGHT_SUFFIXES and size > 2 * SAMPLE_BYTES:
-                h.update(f.read(SAMPLE_BYTES))
+            if stat.st_size > LARGE_FILE:
+                h.update(f"{stat.st_mtime_ns}".encode() + f.read(SAMPLE_BYTES))
                 f.seek(-SAMPLE_BYTES, io.SEEK_END)
                 h.update(f.read(SAMPLE_BYTES))
             else:
@@ -120,8 +122,8 @@ class LocalVLM:
                 from transformers import LlavaForConditionalGeneration
 
                 model = LlavaForConditionalGeneration.from_pretrained(str(self.path), dtype=dtype)
-        except OSError as exc:
-            raise TeacherConfigError(f"cannot load the local teacher from {self.path}: {exc}") from None
+        except Exception as exc:  # no item could succeed: the run stops (TeacherConfigError), naming the folder
+            raise TeacherConfigError(f"cannot load the local teacher from {self.path}: {exc}"[:500]) from None
         self.model = model.to(device).eval()
         tok = self.processor.tokenizer
         tok.padding_side = "left"  # generation continues every row from its last real token
@@ -148,7 +150,8 @@ class LocalVLM:
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.pad_id)
         new = out[:, inputs["input_ids"].shape[1]:]
-        self.tokens["prompt_tokens"] += int(inputs["attention_mask"].sum())
+        mask = inputs.get("attention_mask")
+        self.tokens["prompt_tokens"] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         self.tokens["completion_tokens"] += int((new != self.pad_id).sum())
         return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
 
@@ -212,9 +215,10 @@ class BatchingClient:
                 continue
             try:
                 answers = await asyncio.to_thread(self._generate, [p.messages for p in batch], max_tokens)
-            except BaseException as exc:  # cancellation or a bug: no caller may wait forever
+            except BaseException as exc:  # the model would not load, a cancellation, a bug: no caller may wait forever
+                stop = exc if isinstance(exc, TeacherConfigError) else TeacherError(f"local generation stopped: {exc!r}")
                 for p in batch + list(self.queue.values()):
-                    self._resolve(p, TeacherError(f"local generation stopped: {exc!r}"))
+                    self._resolve(p, stop)
                 raise
             for p, answer in zip(batch, answers):
                 if isinstance(answer, Exception):
@@ -261,6 +265,8 @@ class BatchingClient:
                 raise RuntimeError(f"{len(answers)} answers for {len(batch)} chats")
             self.usage.calls += len(batch)
             return answers
+        except TeacherConfigError:
+            raise
         except Exception as exc:
             if len(batch) == 1:
                 self.usage.failed += 1

@@ -1,0 +1,243 @@
+"""The local teacher: a transformers model from a folder, batched, through the OpenAI teacher's
+steps, parsers, quarantine and cache."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from reverie.records import PUBLISHED_FIELDS
+from reverie.settings import GenerateSettings, LocalTeacherSettings
+from reverie.teachers.local_vlm import LocalVLM, generate_with_local, model_fingerprint
+from reverie.teachers.openai_compat import PROMPTS, TeacherConfigError, image_data_url
+
+from .chat_server import judge_answer, qa_answer, rationale_answer
+
+QUESTIONS = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory) -> Path:
+    """A random tiny LLaVA saved as an ordinary model folder (weights, tokenizer with a chat
+    template, image processor). Its tokenizer is trained on the prompt files, so that the
+    prompts stay short in tokens."""
+    import torch
+
+    from reverie.settings import ModelSettings
+    from reverie.student.model import build_tiny, train_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer([p.read_text() for p in sorted(PROMPTS.glob("*.txt"))] * 3, 600)
+    settings = ModelSettings(vision_hidden=32, text_hidden=32, intermediate=64, vision_layers=1, text_layers=1,
+                             vision_heads=2, text_heads=2, vocab_size=600)
+    model, processor = build_tiny(settings, tokenizer, image_size=32)
+    path = tmp_path_factory.mktemp("teacher") / "tiny-llava"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path) -> list[tuple[str, Path]]:
+    out = []
+    for i in range(3):
+        path = tmp_path / "photos" / f"img{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 30), (60 * i, 200 - 50 * i, 90)).save(path)
+        out.append((f"img{i}", path))
+    return out
+
+
+def settings(model_path, **local) -> GenerateSettings:
+    defaults = dict(model_path=str(model_path), batch_size=4, max_new_tokens=8, device="cpu")
+    return GenerateSettings(teacher="local", judge="local", questions_per_image=QUESTIONS,
+                            local=LocalTeacherSettings(**{**defaults, **local}))
+
+
+def step_of(chat: list[dict]) -> str:
+    text = json.dumps(chat[0]["content"])
+    if "questions about it" in text:
+        return "qa"
+    return "judge" if "You check training data" in text else "rationale"
+
+
+def images_in(chat: list[dict]) -> int:
+    return sum(p.get("type") == "image_url" for m in chat if isinstance(m["content"], list) for p in m["content"])
+
+
+class CountingVLM(LocalVLM):
+    """The real model, with a log of the batches it was asked to generate."""
+
+    def __init__(self, *args, answer_qa: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[str]] = []
+        self.answer_qa = answer_qa
+
+    def __call__(self, batch, max_new_tokens):
+        self.batches.append([step_of(chat) for chat in batch])
+        assert len({images_in(chat) for chat in batch}) == 1  # image and text-only chats are batched apart
+        answers = super().__call__(batch, max_new_tokens)
+        # with `answer_qa`, the QA step is scripted so that the model's own rationales and
+        # judgements are asked for; a random model could never write the questions' JSON
+        return [qa_answer(chat) if self.answer_qa and step_of(chat) == "qa" else a for chat, a in zip(batch, answers)]
+
+
+class ScriptedVLM:
+    """A stand-in generator answering each step in the expected format."""
+
+    model_name, model_key = "scripted-vlm", "scripted:1"
+
+    def __init__(self, broken_first_qa: bool = False):
+        self.batches: list[list[str]] = []
+        self.broken_first_qa = broken_first_qa
+
+    def __call__(self, batch, max_new_tokens):
+        self.batches.append([step_of(chat) for chat in batch])
+        answers = []
+        for chat in batch:
+            step = step_of(chat)
+            assert images_in(chat) == (0 if step == "judge" else 1)  # only the judge reads text alone
+            if step == "qa" and self.broken_first_qa and len(chat) == 1:
+                answers.append("Sure! {questions: [oops")
+            else:
+                answers.append({"qa": qa_answer, "rationale": rationale_answer, "judge": judge_answer}[step](chat))
+        return answers
+
+
+def run(images, gen, tmp_path, generator):
+    return generate_with_local(images, gen, tmp_path / "cache.sqlite", progress=False, generator=generator)
+
+
+def test_a_model_folder_answers_in_batches_and_bad_json_is_quarantined(tiny_llava, images, tmp_path):
+    vlm = CountingVLM(tiny_llava, "cpu")
+    records, quarantined, metrics = run(images, settings(tiny_llava), tmp_path, vlm)
+    # a random model writes no JSON: every image's QA is asked twice, then quarantined with why
+    assert records == [] and [q["image_id"] for q in quarantined] == ["img0", "img1", "img2"]
+    assert all(q["reason"].startswith("qa: no JSON object found") for q in quarantined)
+    assert metrics["calls"] == 2 * len(images) == sum(len(b) for b in vlm.batches)
+    assert metrics["batches"] == len(vlm.batches) < metrics["calls"]
+    assert metrics["prompt_tokens"] > 0 and metrics["completion_tokens"] > 0
+
+    rerun = CountingVLM(tiny_llava, "cpu")
+    again = run(images, settings(tiny_llava), tmp_path, rerun)
+    assert rerun.batches == [] and rerun.model is None  # answered from the cache, model never loaded
+    assert again[2]["calls"] == 0 and again[2]["cache_hits"] == metrics["calls"]
+    assert again[:2] == (records, quarantined)
+
+
+def test_the_model_runs_all_three_steps_in_batches(tiny_llava, images, tmp_path):
+    vlm = CountingVLM(tiny_llava, "cpu", answer_qa=True)
+    records, quarantined, metrics = run(images, settings(tiny_llava), tmp_path, vlm)
+    steps = [s for b in vlm.batches for s in b]
+    assert {"qa", "rationale", "judge"} <= set(steps)
+    assert steps.count("rationale") >= 2 * QUESTIONS * len(images)  # each question's two rationales, by the model
+    assert max(len(b) for b in vlm.batches) == 4 and len(vlm.batches) < len(steps)
+    # eight random tokens are neither a rationale of ten characters nor a judgement: quarantined
+    assert len(records) + len(quarantined) == QUESTIONS * len(images)
+    assert quarantined and {q["reason"].split(":")[0] for q in quarantined} <= {"rationale", "judge"}
+    assert [q["id"] for q in quarantined] == sorted(q["id"] for q in quarantined)
+
+
+def test_scripted_answers_become_records_with_the_published_fields(tmp_path, images):
+    model = tmp_path / "model"  # only its fingerprint is read: the generator replaces it
+    model.mkdir()
+    scripted = ScriptedVLM(broken_first_qa=True)
+    records, quarantined, metrics = run(images, settings(model, batch_size=8), tmp_path, scripted)
+    assert quarantined == []
+    assert [r["id"] for r in records] == [f"img{i}-q{j}" for i in range(3) for j in range(QUESTIONS)]
+    for r in records:
+        assert all(isinstance(r[f], str) and r[f] for f in PUBLISHED_FIELDS)
+        assert r["provenance"]["teacher"] == "local" and r["provenance"]["qa_model"] == "scripted-vlm"
+        assert r["correct_rationale"].startswith("The image shows") and set(r["judge"]) == {"consistent", "reason"}
+    # the QA chats, their retries (every first answer is malformed), the 12 rationales (a full
+    # batch and the rest), the judgements: 5 generate calls for 3 * (2 + 2 * 2 + 2) = 24 chats
+    assert [sorted(set(b)) for b in scripted.batches] == [["qa"], ["qa"], ["rationale"], ["rationale"], ["judge"]]
+    assert [len(b) for b in scripted.batches] == [3, 3, 8, 4, 6]
+    assert metrics["calls"] == 24 and metrics["batches"] == 5
+
+
+def test_a_failing_chat_is_quarantined_without_sinking_its_batch(tmp_path, images):
+    poisoned = image_data_url(images[1][1])
+
+    class OneBadImage(ScriptedVLM):
+        def __call__(self, batch, max_new_tokens):
+            if any(step_of(chat) == "qa" and poisoned in json.dumps(chat) for chat in batch):
+                raise RuntimeError("out of memory")
+            return super().__call__(batch, max_new_tokens)
+
+    model = tmp_path / "model"
+    model.mkdir()
+    records, quarantined, metrics = run(images, settings(model), tmp_path, OneBadImage())
+    # the failed batch was retried chat by chat: only the poisoned image's QA is lost
+    assert [r["id"] for r in records] == [f"img{i}-q{j}" for i in (0, 2) for j in range(QUESTIONS)]
+    assert [(q["image_id"], q["reason"]) for q in quarantined] == [
+        ("img1", "qa: local generation failed: RuntimeError('out of memory')")]
+    assert metrics["failed"] == 1
+
+
+def test_a_model_that_does_not_load_stops_the_run(tmp_path, images):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(TeacherConfigError, match="cannot load the local teacher from .*broken"):
+        run(images, settings(broken), tmp_path, LocalVLM(broken, "cpu"))
+    with pytest.raises(TeacherConfigError, match="not a model folder"):
+        LocalVLM(tmp_path / "missing")
+
+
+def test_the_cache_key_follows_the_model_files(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"a" * 100)
+    before = model_fingerprint(folder)
+    (folder / "model.safetensors").write_bytes(b"b" * 100)
+    assert model_fingerprint(folder) != before
+
+
+def test_generate_writes_the_local_teachers_records(tmp_path, images, monkeypatch):
+    """The generate step with `teacher: local`: the image-folder outputs of the OpenAI teacher."""
+    from functools import partial
+
+    import reverie.teachers.openai_compat as openai_compat
+    from reverie.generate import generate_from_image_folder
+    from reverie.settings import Params
+
+    from .conftest import tiny_params_dict
+
+    model = tmp_path / "model"
+    model.mkdir()
+    data = tiny_params_dict(tmp_path)
+    data["generate"] = settings(model, images_dir=str(images[0][1].parent), eval_fraction=0.4,
+                                cache_path=str(tmp_path / "cache.sqlite")).model_dump()
+    params = Params.model_validate(data)
+    logged = []  # MLflow itself is exercised by the OpenAI teacher's tests (and costs seconds)
+    monkeypatch.setattr(openai_compat, "log_usage_to_mlflow", lambda params, metrics: logged.append(metrics))
+    teach = partial(generate_with_local, generator=ScriptedVLM())
+    result = generate_from_image_folder(params, tmp_path / "data", progress=False, teach=teach)
+    assert logged == [result.metrics]
+    assert len(result.raw) == 3 * QUESTIONS and result.metrics["teacher_calls"] == 3 * (1 + 2 * QUESTIONS + QUESTIONS)
+    filtered = (tmp_path / "data" / "records" / "filtered.jsonl").read_text().splitlines()
+    assert len(filtered) == result.metrics["records"] == sum(r["judge"]["consistent"] for r in result.raw)
+    for r in result.raw:
+        assert (tmp_path / "data" / r["image"]).is_file() and r["image"].startswith(f"images/{r['split']}/")
+
+
+def test_params_select_the_local_teacher(tmp_path, images, tiny_llava, monkeypatch):
+    """`generate.teacher: local` alone routes the generate step to the model folder."""
+    import reverie.teachers.openai_compat as openai_compat
+    from reverie.generate import generate_dataset
+    from reverie.settings import Params
+
+    from .conftest import tiny_params_dict
+
+    monkeypatch.setattr(openai_compat, "log_usage_to_mlflow", lambda params, metrics: None)
+    data = tiny_params_dict(tmp_path)
+    data["generate"] = settings(tiny_llava, images_dir=str(images[0][1].parent),
+                                cache_path=str(tmp_path / "cache.sqlite")).model_dump()
+    result = generate_dataset(Params.model_validate(data), tmp_path / "data", progress=False)
+    quarantine = (tmp_path / "data" / "records" / "quarantine.jsonl").read_text().splitlines()
+    assert result.raw == [] and len(quarantine) == 3 and result.metrics["teacher_calls"] == 6
+    assert result.metrics["teacher_batches"] < 6
