@@ -241,3 +241,21 @@ def test_params_select_the_local_teacher(tmp_path, images, tiny_llava, monkeypat
     quarantine = (tmp_path / "data" / "records" / "quarantine.jsonl").read_text().splitlines()
     assert result.raw == [] and len(quarantine) == 3 and result.metrics["teacher_calls"] == 6
     assert result.metrics["teacher_batches"] < 6
+
+
+def test_large_files_are_fingerprinted_by_sample_and_time(tmp_path, monkeypatch):
+    import os
+
+    import reverie.teachers.local_vlm as local_vlm
+
+    monkeypatch.setattr(local_vlm, "LARGE_FILE", 64)
+    monkeypatch.setattr(local_vlm, "SAMPLE_BYTES", 8)
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"h" * 100 + b"m" * 100 + b"t" * 100)
+    os.utime(weights, ns=(1, 1))
+    before = model_fingerprint(weights.parent)
+    weights.write_bytes(b"h" * 100 + b"M" * 100 + b"t" * 100)  # a fine-tune of the middle only
+    assert model_fingerprint(weights.parent) != before  # caught by its new modification time
+    os.utime(weights, ns=(1, 1))
+    assert model_fingerprint(weights.parent) == before  # (what the time is there for)
