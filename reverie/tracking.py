@@ -70,7 +70,14 @@ class RunLogger:
         import mlflow
 
         self.mlflow = mlflow
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI, which every later child process
+        # (DVC stages started from this one) would inherit and prefer over its own params
+        inherited = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
+        if inherited is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = inherited
         mlflow.set_experiment(experiment)
         if run_id is None:
             existing = mlflow.search_runs(experiment_names=[experiment], output_format="list",
