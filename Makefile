@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	@echo "installing into $(VENV) (log: $(VENV)/pip.log)"
-	@$(BIN)/pip install --disable-pip-version-check -e '.[test]' > $(VENV)/pip.log 2>&1 \
+	@$(BIN)/pip install --disable-pip-version-check -e '.[test,scale]' > $(VENV)/pip.log 2>&1 \
 		|| (grep -v 'is ignored' $(VENV)/pip.log | tail -40; exit 1)
 	@touch $@
 

@@ -10,7 +10,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from reverie.orchestration import apply_overrides, planned_stages, repro_command, run_streaming, stage_environment
+from reverie.orchestration import (apply_overrides, planned_stages, remote_commands, repro_command, run_streaming,
+                                   stage_environment)
 
 
 class StageFailed(RuntimeError):
@@ -27,6 +28,17 @@ def reproduce(stage: str) -> str:
         raise StageFailed(f"stage '{stage}' failed (exit {code}):\n" + "\n".join(tail[-15:]))
     skipped = any("didn't change, skipping" in line for line in tail)
     return "skipped" if skipped else "ran"
+
+
+@task(name="dvc-push", retries=2, retry_delay_seconds=10)
+def push(remote: str) -> str:
+    """Sends the pipeline's outputs to the team's DVC remote."""
+    logger = get_run_logger()
+    for cmd in remote_commands(remote):
+        code, tail = run_streaming(cmd, logger.info, env=stage_environment())
+        if code != 0:
+            raise StageFailed(f"dvc {cmd[3]} failed (exit {code}):\n" + "\n".join(tail[-15:]))
+    return "pushed"
 
 
 def publish_artifacts(report_dir: Path = Path("reports")) -> None:
@@ -73,6 +85,9 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
     outcome = {}
     for stage in planned_stages():
         outcome[stage] = run_stage(stage)
+    remote = load_params().project.dvc_remote
+    if remote:
+        outcome["push"] = push(remote)
     publish_artifacts()
     return outcome
 

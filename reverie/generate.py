@@ -83,7 +83,14 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
             write_image(scene)
         raw.extend(records_for_scene(scene, teacher, judge, generate, seed))
     elapsed = time.perf_counter() - started
+    return finish_dataset(scenes, raw, out_dir, elapsed, source_metrics, write_outputs=render_images)
 
+
+def finish_dataset(scenes: list[Scene], raw: list[dict], out_dir: str | Path, elapsed: float,
+                   source_metrics: dict | None = None, write_outputs: bool = True) -> GenerateResult:
+    """Everything after the records exist, shared by one process and the sharded flow
+    (reverie.fanout): judge split into kept and quarantined, metrics, and the JSONL files."""
+    out_dir = Path(out_dir)
     kept = [r for r in raw if r["judge"]["consistent"]]
     quarantined = [{"reason": f"judge: {r['judge']['reason']}", "record": r} for r in raw if not r["judge"]["consistent"]]
     quality = filter_quality(raw)
@@ -97,11 +104,11 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
         "eval_records": sum(r["split"] == "eval" for r in kept),
         "filter_rate": len(quarantined) / len(raw) if raw else 0.0,
         **quality,
-        **source_metrics,
+        **(source_metrics or {}),
         "records_per_s": len(raw) / elapsed if elapsed else 0.0,
         "seconds": elapsed,
     }
-    if render_images:
+    if write_outputs:
         write_jsonl(out_dir / "scenes" / "scenes.jsonl", (s.to_json() for s in scenes))
         write_jsonl(out_dir / "records" / "raw.jsonl", raw)
         write_jsonl(out_dir / "records" / "filtered.jsonl", kept)

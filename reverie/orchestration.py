@@ -82,3 +82,13 @@ def run_streaming(cmd: list[str], on_line, env=None, cwd=None) -> tuple[int, lis
         on_line(line)
         tail = (tail + [line])[-30:]
     return proc.wait(), tail
+
+
+REMOTE_NAME = "reverie"
+
+
+def remote_commands(url: str) -> list[list[str]]:
+    """Registers the remote named in params (project-local DVC config) and pushes every
+    cached output to it, so a teammate's `dvc pull` gets the same data and models."""
+    return [[sys.executable, "-m", "dvc", "remote", "add", "--local", "--force", "--default", REMOTE_NAME, url],
+            [sys.executable, "-m", "dvc", "push", "--remote", REMOTE_NAME]]

@@ -23,6 +23,7 @@ class ProjectSettings(Section):
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     mlflow_experiment: str = "reverie"
     data_dir: str = "data"
+    dvc_remote: str | None = None  # a DVC remote URL (s3://, gs://, ssh://, a path); the flow pushes to it
 
 
 class WorldSettings(Section):
@@ -115,6 +116,10 @@ class GenerateSettings(Section):
     openai: OpenAITeacherSettings = OpenAITeacherSettings()
     local: LocalTeacherSettings = LocalTeacherSettings()
     annotations: AnnotationSettings | None = None  # None: the synthetic world
+    # shards > 1: the stage runs flows/generate_fanout.py, one Prefect task per shard of
+    # images on a local Dask cluster of `workers` processes; the records are the same
+    shards: int = Field(1, ge=1)
+    workers: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _judge_matches_teacher(self):
@@ -125,6 +130,12 @@ class GenerateSettings(Section):
         if self.annotations is not None and self.teacher != "scene_graph":
             # the model teachers look at the pixels; only the scene-graph teacher reads annotations
             raise ValueError(f"annotations are read by the scene_graph teacher only, but teacher is '{self.teacher}'")
+        if self.shards > 1 and (self.teacher != "scene_graph" or self.annotations is not None):
+            # the model teachers have their own concurrency (generate.openai.concurrency,
+            # generate.local.batch_size); the fan-out shards the synthetic world only
+            raise ValueError(f"shards > 1 fans out the synthetic world with the scene_graph teacher only; "
+                             f"set shards: 1 for teacher '{self.teacher}'"
+                             + (" with annotations" if self.annotations is not None else ""))
         return self
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -61,9 +62,10 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
         metrics = result.metrics | {"parameters": sum(p.numel() for p in model.parameters()),
                                     "vocab_size": len(tokenizer), "mlflow_run_id": logger.run_id}
         logger.log_metrics({f"final.{k}": v for k, v in result.metrics.items()})
-        with atomic_dir(out_dir) as tmp:
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
+        if is_main_process():
+            with atomic_dir(out_dir) as tmp:
+                model.save_pretrained(tmp)
+                processor.save_pretrained(tmp)
         logger.end()
     except BaseException:
         logger.end("KILLED")
@@ -72,7 +74,24 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     return metrics
 
 
+def is_main_process() -> bool:
+    """Under torchrun / accelerate launch every process runs the stage; one of them logs and
+    saves. RANK is set by both launchers (absent: a single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class _SilentLogger:
+    """The MLflow logger of the processes that are not the main one."""
+
+    run_id = None
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def _logger(params, name: str, tags: dict, run_id: str | None = None) -> RunLogger:
+    if not is_main_process():
+        return _SilentLogger()
     uri = tracking_uri(params.project.mlflow_tracking_uri)
     return RunLogger(uri, params.project.mlflow_experiment, name,
                      tags | {"git_commit": git_commit()} | prefect_tags(), run_id)
@@ -126,12 +145,14 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
             token_counts[c.kind] += len(s.input_ids)
         metrics = result.metrics | {"variant": variant, "seed": seed, "trainable_parameters": trainable,
                                     "tokens": sum(token_counts.values()), "tokens_by_kind": token_counts}
-        if loss_csv:
+        if loss_csv and is_main_process():
             write_text(loss_csv, "step,loss,response_loss,rationale_loss,lr\n" + "".join(
                 f"{h['step']},{h['loss']},{h['response_loss']},{h['rationale_loss']},{h['lr']}\n" for h in result.history))
         if result.steps < result.metrics["total_steps"]:
             logger.end("KILLED")
             return metrics  # stopped early on purpose (max_steps): the checkpoint stays for a resume
+        if not is_main_process():
+            return metrics
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)

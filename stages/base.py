@@ -11,9 +11,11 @@ def main() -> None:
     p.add_argument("--metrics", default="metrics/base.json")
     args = p.parse_args()
     with stage("base"):
-        from reverie.tune import train_base
+        from reverie.tune import is_main_process, train_base
 
         metrics = train_base(params_from(args), args.data, args.split, args.out)
+        if not is_main_process():
+            return
         write_json(args.metrics, metrics)
         print(f"[base] saved {args.out}: loss {metrics.get('train_loss', float('nan')):.3f}, "
               f"{metrics.get('tokens_per_s', 0):.0f} tokens/s, {metrics.get('train_seconds', 0):.0f} s")

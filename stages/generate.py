@@ -11,7 +11,14 @@ def main() -> None:
     with stage("generate"):
         from reverie.generate import generate_dataset
 
-        result = generate_dataset(params_from(args), args.out)
+        params = params_from(args)
+        if params.generate.shards > 1:
+            # one Prefect task per shard on a local Dask cluster; the same outputs
+            from flows.generate_fanout import generate_sharded
+
+            result = generate_sharded(args.params, args.out, params.generate.workers)
+        else:
+            result = generate_dataset(params, args.out)
         write_json(args.metrics, result.metrics)
         m = result.metrics
         print(f"[generate] {m['records']} records kept of {m['raw_records']} ({m['quarantined']} quarantined); "

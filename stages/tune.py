@@ -16,13 +16,15 @@ def main() -> None:
     args = p.parse_args()
     name = f"{args.variant}-s{args.seed}"
     with stage(f"tune {name}"):
-        from reverie.tune import tune_variant
+        from reverie.tune import is_main_process, tune_variant
         from reverie.evaluation.quick import heldout_yes_no_accuracy
 
         params = params_from(args)
         out = args.out or f"models/{name}"
         metrics = tune_variant(params, args.variant, args.seed, args.base, args.data, args.split, out,
                                loss_csv=args.losses or f"plots/loss/{name}.csv")
+        if not is_main_process():
+            return  # the main process evaluates and writes the outputs
         metrics["heldout_yes_no_accuracy"] = heldout_yes_no_accuracy(params, out, args.data)
         write_json(args.metrics or f"metrics/tune/{name}.json", metrics)
         print(f"[tune {name}] loss {metrics['train_loss']:.3f} (response {metrics['response_loss']:.3f}), "

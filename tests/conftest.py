@@ -89,6 +89,16 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test server for the whole session (tests/test_flow.py, tests/test_fanout.py)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def repro_project(tmp_path_factory):
     """The whole DAG reproduced once on the tiny config, shared by the end-to-end tests."""
     project = make_project(tmp_path_factory.mktemp("project"), tiny_params_dict())

@@ -9,15 +9,6 @@ from tests.conftest import dvc, make_project, tiny_params_dict
 
 
 @pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="session")
 def flow_project(tmp_path_factory, prefect_harness):
     params = tiny_params_dict()
     params["tune"]["variants"] = ["response"]

@@ -1,0 +1,69 @@
+"""Generation in shards: the synthetic world's images split into contiguous shards, each
+rendered and taught by a pure function that any process can run, and the shards' records
+merged back in image order.
+
+Records are seeded per (seed, image id) (`records_for_scene`), so the merged records are
+the same, byte for byte once written, as one process's. The engine that runs the shards
+(Prefect's Dask task runner) is in flows/generate_fanout.py; nothing here imports it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .generate import build_teacher, records_for_scene
+from .teachers.judge import SceneGraphJudge
+from .world import Scene, sample_world, write_scene
+
+
+def world_scenes(params) -> list[Scene]:
+    """The scenes `generate_dataset` walks, in the same order: train, then held-out."""
+    train, held_out = sample_world(params.world, params.project.seed)
+    return train + held_out
+
+
+def split_shards(items: list, shards: int) -> list[list]:
+    """`shards` contiguous slices (sizes differ by at most one), in order; never an empty one."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    n = min(shards, len(items)) or 1
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        stop = start + size + (i < extra)
+        out.append(items[start:stop])
+        start = stop
+    return out
+
+
+def shard_payloads(params, shards: int) -> tuple[list[Scene], list[tuple[int, dict, list[dict]]]]:
+    """The scenes, and per shard the picklable arguments of `generate_shard`: its index, the
+    params as plain data and its scenes as JSON."""
+    scenes = world_scenes(params)
+    dump = params.model_dump(mode="json", by_alias=True)
+    return scenes, [(i, dump, [s.to_json() for s in part]) for i, part in enumerate(split_shards(scenes, shards))]
+
+
+def generate_shard(params_dump: dict, scene_jsons: list[dict], out_dir: str | None) -> list[dict]:
+    """Renders (when `out_dir` is given) and teaches one shard; returns its records in the
+    shard's image order. Pure apart from the PNG files it writes, one per image."""
+    from .settings import Params
+
+    params = Params.model_validate(params_dump)
+    generate, seed = params.generate, params.project.seed
+    teacher, judge = build_teacher(params.world, generate), SceneGraphJudge()
+    records: list[dict] = []
+    for data in scene_jsons:
+        scene = Scene.from_json(data)
+        if out_dir is not None:
+            write_scene(scene, Path(out_dir))
+        records.extend(records_for_scene(scene, teacher, judge, generate, seed))
+    return records
+
+
+def merge_shards(results: list[tuple[int, list[dict]]]) -> list[dict]:
+    """The shards' records, concatenated by shard index (shards are contiguous in image
+    order, so this is image order) whatever order the shards finished in."""
+    indices = [i for i, _ in results]
+    if sorted(indices) != list(range(len(results))):
+        raise ValueError(f"shard results are missing or repeated: got indices {sorted(indices)}")
+    return [r for _, records in sorted(results, key=lambda pair: pair[0]) for r in records]
