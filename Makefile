@@ -18,7 +18,7 @@ export DO_NOT_TRACK := 1
 install: $(STAMP)
 
 # torch is pinned to the CPU build this machine keeps on disk (see pyproject.toml).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	@echo "installing into $(VENV) (log: $(VENV)/pip.log)"
 	@$(BIN)/pip install --disable-pip-version-check -e '.[test,scale]' > $(VENV)/pip.log 2>&1 \
