@@ -18,7 +18,7 @@ import random
 import re
 
 from ..world import Scene, position_name
-from .judge import CONCLUSION, REJECTION, SceneGraphJudge, Verdict, _norm
+from .judge import SceneGraphJudge
 from .scene_graph import QAItem, SceneGraphTeacher
 
 OBJECT = re.compile(r"There is a (small|large) (\S+) (.+?) at the ([\w -]+?)\.")
@@ -63,22 +63,9 @@ class AnnotatedSceneTeacher(SceneGraphTeacher):
 class CoLocatedJudge(SceneGraphJudge):
     name = "scene_graph_text_judge_colocated"
 
-    def judge(self, question: str, correct_answer: str, confusing_answer: str,
-              correct_rationale: str, incorrect_rationale: str) -> Verdict:
+    def claims_problem(self, correct_rationale: str, incorrect_rationale: str) -> str | None:
         # the answer checks are SceneGraphJudge's; only the reading of the claims differs
-        if _norm(correct_answer) == _norm(confusing_answer):
-            return Verdict(False, "the correct and the confusing answer are the same")
-        concluded = CONCLUSION.search(correct_rationale)
-        if not concluded:
-            return Verdict(False, "the positive rationale reaches no answer")
-        if _norm(concluded.group(1)) != _norm(correct_answer):
-            return Verdict(False, f"the positive rationale concludes '{concluded.group(1)}', "
-                                  f"not the correct answer '{correct_answer}'")
-        rejected = REJECTION.search(incorrect_rationale)
-        if not rejected or _norm(rejected.group(1)) != _norm(confusing_answer):
-            return Verdict(False, "the negative rationale does not reject the confusing answer")
-        problem = contradiction(correct_rationale, incorrect_rationale)
-        return Verdict(problem is None, problem or "")
+        return contradiction(correct_rationale, incorrect_rationale)
 
 
 def _claims(text: str) -> tuple[set[tuple[str, str, str, str]], set[str], dict[str, int]]:

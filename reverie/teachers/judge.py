@@ -35,23 +35,34 @@ class SceneGraphJudge:
 
     def judge(self, question: str, correct_answer: str, confusing_answer: str,
               correct_rationale: str, incorrect_rationale: str) -> Verdict:
+        problem = (self.answers_problem(correct_answer, confusing_answer, correct_rationale, incorrect_rationale)
+                   or self.claims_problem(correct_rationale, incorrect_rationale))
+        return Verdict(problem is None, problem or "")
+
+    @staticmethod
+    def answers_problem(correct_answer: str, confusing_answer: str, correct_rationale: str,
+                        incorrect_rationale: str) -> str | None:
+        """Do the rationales conclude what the answers say?"""
         if _norm(correct_answer) == _norm(confusing_answer):
-            return Verdict(False, "the correct and the confusing answer are the same")
+            return "the correct and the confusing answer are the same"
         concluded = CONCLUSION.search(correct_rationale)
         if not concluded:
-            return Verdict(False, "the positive rationale reaches no answer")
+            return "the positive rationale reaches no answer"
         if _norm(concluded.group(1)) != _norm(correct_answer):
-            return Verdict(False, f"the positive rationale concludes '{concluded.group(1)}', "
-                                  f"not the correct answer '{correct_answer}'")
+            return f"the positive rationale concludes '{concluded.group(1)}', not the correct answer '{correct_answer}'"
         rejected = REJECTION.search(incorrect_rationale)
         if not rejected or _norm(rejected.group(1)) != _norm(confusing_answer):
-            return Verdict(False, "the negative rationale does not reject the confusing answer")
+            return "the negative rationale does not reject the confusing answer"
+        return None
+
+    def claims_problem(self, correct_rationale: str, incorrect_rationale: str) -> str | None:
+        """Do the facts the two rationales assert contradict each other?"""
         claims = Claims()
         for source, text in (("positive", correct_rationale), ("negative", incorrect_rationale)):
             problem = claims.add(text, source)
             if problem:
-                return Verdict(False, problem)
-        return Verdict(True)
+                return problem
+        return None
 
 
 class Claims:

@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from tqdm import tqdm
 
 from .cache import CallCache, call_key
-from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError
+from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError, teach_images
 from .parsing import image_entries
 
 LARGE_FILE = 64 << 20  # files above this (weights) are fingerprinted by sample, not read whole
@@ -297,20 +296,10 @@ async def agenerate_with_local(images, generate, cache_path: str | Path | None =
         client = BatchingClient(generator, cache, generator.model_key, settings.batch_size)
         teacher = LocalTeacher(generate, client, generator.model_name)
         worker = asyncio.create_task(client.serve())
-        # enough images in flight that every batch fills, few enough to bound their data URLs
-        image_slots = asyncio.Semaphore(max(4, 2 * settings.batch_size))
-        bar = tqdm(total=len(entries), desc="teacher", unit="img", disable=not progress, mininterval=1.0)
-
-        async def one(entry):
-            async with image_slots:
-                result = await teacher.records_for_image(entry)
-            bar.update()
-            return result
-
         try:
-            results = await asyncio.gather(*(one(e) for e in entries))
+            # enough images in flight that every batch fills, few enough to bound their data URLs
+            results = await teach_images(teacher, entries, max(4, 2 * settings.batch_size), progress)
         finally:
-            bar.close()
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
     records = [r for rs, _ in results for r in rs]

@@ -336,6 +336,24 @@ class OpenAITeacher:
         return make_record(record_id, entry.relpath, entry.split, item, verdict, provenance), None
 
 
+async def teach_images(teacher, entries, in_flight: int, progress: bool) -> list:
+    """Runs the three steps for every image, at most `in_flight` images at once, with a
+    progress bar; results come back in the order of `entries`."""
+    slots = asyncio.Semaphore(in_flight)
+    bar = tqdm(total=len(entries), desc="teacher", unit="img", disable=not progress, mininterval=1.0)
+
+    async def one(entry):
+        async with slots:
+            result = await teacher.records_for_image(entry)
+        bar.update()
+        return result
+
+    try:
+        return await asyncio.gather(*(one(e) for e in entries))
+    finally:
+        bar.close()
+
+
 async def agenerate_with_openai(images, generate, cache_path: str | Path | None = None,
                                 progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """`generate_with_openai` for callers that already run an event loop."""
@@ -348,19 +366,7 @@ async def agenerate_with_openai(images, generate, cache_path: str | Path | None 
             teacher = OpenAITeacher(generate, client)
             # bounds the images in progress (and their base64 copies in memory) while keeping
             # enough work queued to fill every request slot
-            image_slots = asyncio.Semaphore(2 * settings.concurrency)
-            bar = tqdm(total=len(entries), desc="teacher", unit="img", disable=not progress, mininterval=1.0)
-
-            async def one(entry):
-                async with image_slots:
-                    result = await teacher.records_for_image(entry)
-                bar.update()
-                return result
-
-            try:
-                results = await asyncio.gather(*(one(e) for e in entries))
-            finally:
-                bar.close()
+            results = await teach_images(teacher, entries, 2 * settings.concurrency, progress)
     records = [r for rs, _ in results for r in rs]
     quarantined = [q for _, qs in results for q in qs]
     metrics = {**asdict(client.usage), "quarantined": len(quarantined), "images": len(entries),
