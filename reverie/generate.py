@@ -87,22 +87,27 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
 
 
 def finish_dataset(scenes: list[Scene], raw: list[dict], out_dir: str | Path, elapsed: float,
-                   source_metrics: dict | None = None, write_outputs: bool = True) -> GenerateResult:
-    """Everything after the records exist, shared by one process and the sharded flow
-    (reverie.fanout): judge split into kept and quarantined, metrics, and the JSONL files."""
+                   source_metrics: dict | None = None, write_outputs: bool = True, *,
+                   image_splits: list[str] | None = None, failed: list[dict] = ()) -> GenerateResult:
+    """Everything after the records exist, shared by one process, the sharded flow
+    (reverie.fanout) and the model teachers: judge split into kept and quarantined (with the
+    items a teacher could not produce, `failed`), metrics, and the JSONL files. Without scene
+    graphs, `image_splits` gives each image's split."""
     out_dir = Path(out_dir)
     kept = [r for r in raw if r["judge"]["consistent"]]
-    quarantined = [{"reason": f"judge: {r['judge']['reason']}", "record": r} for r in raw if not r["judge"]["consistent"]]
+    judged_out = [{"reason": f"judge: {r['judge']['reason']}", "record": r} for r in raw if not r["judge"]["consistent"]]
+    quarantined = list(failed) + judged_out
+    splits = image_splits if image_splits is not None else [s.split for s in scenes]
     quality = filter_quality(raw)
     metrics = {
         "records": len(kept),
         "raw_records": len(raw),
         "quarantined": len(quarantined),
-        "train_images": sum(s.split == "train" for s in scenes),
-        "eval_images": sum(s.split == "eval" for s in scenes),
+        "train_images": splits.count("train"),
+        "eval_images": splits.count("eval"),
         "train_records": sum(r["split"] == "train" for r in kept),
         "eval_records": sum(r["split"] == "eval" for r in kept),
-        "filter_rate": len(quarantined) / len(raw) if raw else 0.0,
+        "filter_rate": len(judged_out) / len(raw) if raw else 0.0,
         **quality,
         **(source_metrics or {}),
         "records_per_s": len(raw) / elapsed if elapsed else 0.0,
@@ -147,37 +152,19 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
     started = time.perf_counter()
     raw, failed, usage = teach(entries, params.generate, settings.cache_path, progress)
     elapsed = time.perf_counter() - started
-    kept = [r for r in raw if r["judge"]["consistent"]]
-    quarantined = failed + [{"reason": f"judge: {r['judge']['reason']}", "record": r}
-                            for r in raw if not r["judge"]["consistent"]]
-    metrics = {
-        "records": len(kept),
-        "raw_records": len(raw),
-        "quarantined": len(quarantined),
-        "train_images": sum(e.split == "train" for e in entries),
-        "eval_images": sum(e.split == "eval" for e in entries),
-        "train_records": sum(r["split"] == "train" for r in kept),
-        "eval_records": sum(r["split"] == "eval" for r in kept),
-        "filter_rate": (len(raw) - len(kept)) / len(raw) if raw else 0.0,
-        "flagged": len(raw) - len(kept),
-        # precision and recall are measured against injected errors, which only the
-        # scene-graph teacher has: undefined here (NaN, written as null)
-        "filter_precision": float("nan"),
-        "filter_recall": float("nan"),
-        **{f"teacher_{k}": v for k, v in usage.items()},
-        "records_per_s": len(raw) / elapsed if elapsed else 0.0,
-        "seconds": elapsed,
-    }
     if write_outputs:
         for e in entries:
             (out_dir / e.relpath).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(e.path, out_dir / e.relpath)
-        write_jsonl(out_dir / "scenes" / "scenes.jsonl", [])
-        write_jsonl(out_dir / "records" / "raw.jsonl", raw)
-        write_jsonl(out_dir / "records" / "filtered.jsonl", kept)
-        write_jsonl(out_dir / "records" / "quarantine.jsonl", quarantined)
-        log_usage_to_mlflow(params, metrics)
-    return GenerateResult(raw, metrics)
+    # precision and recall are measured against injected errors, which only the scene-graph
+    # teacher has: undefined here (NaN, written as null)
+    source = {"filter_precision": float("nan"), "filter_recall": float("nan"),
+              **{f"teacher_{k}": v for k, v in usage.items()}}
+    result = finish_dataset([], raw, out_dir, elapsed, source, write_outputs,
+                            image_splits=[e.split for e in entries], failed=failed)
+    if write_outputs:
+        log_usage_to_mlflow(params, result.metrics)
+    return result
 
 
 def load_scenes(data_dir: str | Path) -> dict[str, Scene]:
