@@ -194,12 +194,16 @@ def import_llava(json_path: str | Path, images_root: str | Path | None = None) -
                                lambda row: _pairs(row["conversations"], "from", "value", "human", "gpt"))
 
 
-def from_llava_json(rows: list[dict]) -> list[Conversation]:
-    conversations, quarantined = _read_conversations(
-        rows, None, "llava_mix", lambda row: _pairs(row["conversations"], "from", "value", "human", "gpt"))
+def _read_all(rows: list[dict], source: str, turns) -> list[Conversation]:
+    """Reads rows this project exported itself: any unreadable row is an error, not quarantine."""
+    conversations, quarantined = _read_conversations(rows, None, source, turns)
     if quarantined:
         raise ValueError(f"{len(quarantined)} unreadable row(s), first: {quarantined[0]['reason']}")
     return conversations
+
+
+def from_llava_json(rows: list[dict]) -> list[Conversation]:
+    return _read_all(rows, "llava_mix", lambda row: _pairs(row["conversations"], "from", "value", "human", "gpt"))
 
 
 def to_sharegpt_json(conversations: list[Conversation]) -> list[dict]:
@@ -216,11 +220,7 @@ def to_sharegpt_json(conversations: list[Conversation]) -> list[dict]:
 
 
 def from_sharegpt_json(rows: list[dict]) -> list[Conversation]:
-    conversations, quarantined = _read_conversations(
-        rows, None, "sharegpt", lambda row: _pairs(row["messages"], "role", "content", "user", "assistant"))
-    if quarantined:
-        raise ValueError(f"{len(quarantined)} unreadable row(s), first: {quarantined[0]['reason']}")
-    return conversations
+    return _read_all(rows, "sharegpt", lambda row: _pairs(row["messages"], "role", "content", "user", "assistant"))
 
 
 def export_samples(records: list[dict], variant: str, prompts, fmt: str = "llava") -> list[dict]:
