@@ -151,6 +151,22 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return rss * (1 if sys.platform == "darwin" else 1024), "process resident-set peak (ru_maxrss)"
 
 
+def measured_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """Dense matmul FLOP/s this device reaches in `dtype` here, median of `repeats`: the
+    attainable ceiling the step is compared with in the same run (the only one on a CPU)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -243,6 +259,7 @@ def main(argv=None) -> dict:
         return result
     mem, how = peak_memory(device)
     step_s = statistics.median(times)
+    matmul = measured_matmul_flops(device, dtype)
     upper, lora_est = model_flops(parts, config, args.batch, args.seq)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else (peak_device_flops(name) if device.type == "cuda" else None)
     result |= {"step_seconds_median": step_s, "step_seconds": [round(t, 5) for t in times],
@@ -253,12 +270,17 @@ def main(argv=None) -> dict:
                "peak_tflops": peak / 1e12 if peak else None, "mfu": upper / step_s / peak if peak else None,
                "model_flops_per_step_lora": lora_est, "model_flops_formula_lora": LORA_FORMULA,
                "mfu_lora": lora_est / step_s / peak if peak else None,
+               "matmul_tflops_measured": matmul / 1e12,
+               "fraction_of_measured_matmul": upper / step_s / matmul,
+               "fraction_of_measured_matmul_lora": lora_est / step_s / matmul,
                "loss_first": losses[0], "loss_last": losses[-1]}
     mfu = f"MFU {result['mfu']:.1%} (LoRA-aware {result['mfu_lora']:.1%})" if peak else "MFU n/a (no peak FLOPs)"
     print(f"{args.arch} on {name}, {args.dtype}, batch {args.batch} x {args.seq} tokens "
           f"({config.image_seq_length} image tokens each), trainable {parts['trainable']:,} of {parts['total']:,}")
     print(f"step {step_s * 1e3:.1f} ms (median of {len(times)}), {result['tokens_per_s']:,.0f} tokens/s, "
           f"peak memory {result['peak_memory_gib']:.2f} GiB, {result['achieved_tflops']:.1f} TFLOP/s, {mfu}")
+    print(f"a {args.dtype} 4096x4096 matmul reaches {matmul / 1e12:.2f} TFLOP/s here: the step runs at "
+          f"{result['fraction_of_measured_matmul']:.1%} of it (LoRA-aware {result['fraction_of_measured_matmul_lora']:.1%})")
     print(f"model FLOPs per step = {UPPER_FORMULA}")
     print(json.dumps(result))
     return result

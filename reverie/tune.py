@@ -64,7 +64,7 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
         logger.log_metrics({f"final.{k}": v for k, v in result.metrics.items()})
         if is_main_process():
             with atomic_dir(out_dir) as tmp:
-                model.save_pretrained(tmp)
+                model.save_pretrained(tmp, state_dict=result.state_dict)
                 processor.save_pretrained(tmp)
         logger.end()
     except BaseException:
@@ -154,7 +154,7 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
         if not is_main_process():
             return metrics
         with atomic_dir(out_dir) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=result.state_dict)
             processor.save_pretrained(tmp)
             write_json(tmp / RUN_ID_FILE, {"run_id": logger.run_id, "variant": variant, "seed": seed,
                                            "base": str(base_dir), "lora": tune.lora.enabled})

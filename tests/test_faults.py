@@ -84,12 +84,12 @@ def test_sigkill_during_tune_then_rerun_resumes_from_the_checkpoint(repro_projec
     proc = subprocess.Popen(cmd, cwd=work, env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = work / ".reverie" / "checkpoints"
     deadline = time.time() + 120
-    while not list(checkpoints.glob("response-s7-*/checkpoint.pt")) and time.time() < deadline:
+    while not list(checkpoints.glob("response-s7-*/checkpoint/progress.json")) and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert list(checkpoints.glob("response-s7-*/checkpoint.pt")), "no checkpoint before the kill"
+    assert list(checkpoints.glob("response-s7-*/checkpoint/progress.json")), "no checkpoint before the kill"
     assert not (work / "models" / "killed").exists()
     again = subprocess.run(cmd, cwd=work, env=stage_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -1,6 +1,7 @@
 """The GPU step benchmark: a CPU smoke run of the tiny shape, and the LLaVA-1.5-7B config's size."""
 import json
 
+import pytest
 import torch
 
 from benchmarks.gpu_step import build_model, count_params, llava_config, main
@@ -22,6 +23,9 @@ def test_tiny_step_on_cpu_reports_positive_figures(capsys):
     assert printed["model_flops_per_step"] == 6 * printed["total_params"] * 2 * 64
     assert "6 * N_total * tokens" in printed["model_flops_formula"]
     assert printed["mfu"] is None  # no peak FLOPs for a CPU unless --peak-tflops
+    assert printed["matmul_tflops_measured"] > 0
+    achieved = printed["model_flops_per_step"] / printed["step_seconds_median"] / 1e12
+    assert printed["fraction_of_measured_matmul"] == pytest.approx(achieved / printed["matmul_tflops_measured"])
 
 
 def test_llava_7b_config_has_7b_parameters_and_lora_trains_lm_adapters_and_projector():

@@ -75,7 +75,8 @@ def test_a_lora_step_lowers_the_loss(tiny):
     assert batch_loss(model, samples[:8], images, pad) < before
 
 
-def test_resume_from_checkpoint_gives_the_same_weights(tiny, tmp_path):
+@pytest.mark.parametrize("crash", ["after_save", "between_renames"])
+def test_resume_from_checkpoint_gives_the_same_weights(tiny, tmp_path, crash):
     model, processor, samples, images, _ = tiny
     pad = processor.tokenizer.pad_token_id
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -86,12 +87,35 @@ def test_resume_from_checkpoint_gives_the_same_weights(tiny, tmp_path):
     model.load_state_dict(start)
     ckpt = tmp_path / "ckpt"
     interrupted = train(model, samples, images, TrainConfig(**{**cfg.__dict__, "max_steps": 5}), pad, ckpt, progress=False)
-    assert interrupted.steps == 5 and (ckpt / "checkpoint.pt").exists()
+    assert interrupted.steps == 5 and (ckpt / "checkpoint" / "progress.json").exists()
+    assert interrupted.state_dict is None  # unfinished: nothing to save as a model
+    if crash == "between_renames":  # the previous checkpoint moved aside, the new one half-written
+        (ckpt / "checkpoint").rename(ckpt / "checkpoint.old")
+        (ckpt / "checkpoint.tmp").mkdir()
+        (ckpt / "checkpoint.tmp" / "model.safetensors").write_bytes(b"truncated")
     model.load_state_dict(start)  # a fresh process: only the checkpoint carries the progress
     resumed = train(model, samples, images, cfg, pad, ckpt, progress=False)
     assert resumed.steps == interrupted.metrics["total_steps"]
+    assert resumed.state_dict.keys() == straight.keys()
     for k in straight:
         assert torch.allclose(straight[k], model.state_dict()[k], atol=1e-6), k
+
+
+def test_a_lora_checkpoint_keeps_only_the_trained_weights_and_refuses_another_model(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    model, processor, samples, images, _ = tiny
+    pad = processor.tokenizer.pad_token_id
+    lora = apply_lora(model, LoraSettings(r=4, alpha=8))
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=3e-3, seed=0, checkpoint_every=2, max_steps=2)
+    train(lora, samples, images, cfg, pad, tmp_path / "ckpt", progress=False)
+    saved = load_file(tmp_path / "ckpt" / "checkpoint" / "model.safetensors")
+    assert set(saved) == {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert any("lora_A" in k for k in saved) and not any("vision_tower" in k for k in saved)
+
+    other, _ = build_tiny(TINY, processor.tokenizer, 16)  # full fine-tuning: other trainable weights
+    with pytest.raises(RuntimeError, match="holds other weights than this run trains"):
+        train(other, samples, images, cfg, pad, tmp_path / "ckpt", progress=False)
 
 
 def test_length_grouping_keeps_padding_small_and_is_seeded():
@@ -126,7 +150,13 @@ model, processor = build_tiny(TINY, tok, 16)
 enc = ChatEncoder(tok, image_token_count(model.config))
 samples = [enc.encode(c) for c in convs]
 images = ImageTable(processor, root, [s.image for s in samples])
-result = train(model, samples, images, TrainConfig(epochs=2, batch_size=8, lr=3e-3, seed=0), tok.pad_token_id,
+cfg = TrainConfig(epochs=2, batch_size=8, lr=3e-3, seed=0, checkpoint_every=2)
+if len(sys.argv) > 4:  # interrupted after 3 steps, then resumed from the checkpoint in a fresh model
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, samples, images, TrainConfig(**{**cfg.__dict__, "max_steps": 3}), tok.pad_token_id,
+          checkpoint_dir=sys.argv[4], progress=False, log_every=1)
+    model.load_state_dict(start)
+result = train(model, samples, images, cfg, tok.pad_token_id, checkpoint_dir=sys.argv[4] if len(sys.argv) > 4 else None,
                progress=False, log_every=1)
 import torch.distributed as dist
 rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -135,20 +165,27 @@ if rank == 0:
 """
 
 
-def test_two_cpu_processes_match_one(tmp_path):
-    """The same code under torchrun (2 processes, gloo) gives the single-process loss curve."""
+def test_two_cpu_processes_match_one_and_resume_from_a_collective_checkpoint(tmp_path):
+    """The same code under torchrun (2 processes, gloo) gives the single-process loss curve, and
+    a 2-process run stopped after 3 steps resumes from the checkpoint both processes wrote."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
     subprocess.run([sys.executable, str(script), root, str(tmp_path), "one.json"], check=True, env=env)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                    str(script), root, str(tmp_path), "two.json"], check=True, env=env, capture_output=True)
+    subprocess.run(torchrun + [str(script), root, str(tmp_path), "two.json"], check=True, env=env, capture_output=True)
+    resumed_run = subprocess.run(torchrun + [str(script), root, str(tmp_path), "resumed.json", str(tmp_path / "ckpt")],
+                                 env=env, capture_output=True, text=True)
+    assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
+    assert "resumed from step 3" in resumed_run.stdout
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert len(one) == len(two) > 3
     for a, b in zip(one, two):
         assert abs(a - b) <= 0.02 * max(1.0, abs(a)), (one, two)
+    assert resumed == pytest.approx(two, rel=1e-5)
 
 
 def test_batched_greedy_answers_equal_batch_size_one(tiny):

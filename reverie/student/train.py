@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,22 @@ class TrainResult:
     steps: int
     metrics: dict
     history: list[dict] = field(default_factory=list)
+    # the whole model's weights, gathered from every process (FSDP shards, ZeRO partitions) by
+    # accelerate; on the main process only, None on the others
+    state_dict: dict | None = None
+
+
+class _Progress:
+    """Step and loss history, checkpointed with the model, optimizer, scheduler and RNG states."""
+
+    def __init__(self):
+        self.step, self.history = 0, []
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.history = state["step"], state["history"]
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
@@ -139,21 +156,18 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, cfg.warmup_fraction, cfg.min_lr_fraction))
     model, optimizer = accelerator.prepare(model, optimizer)
-    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
-    start = 0
-    history: list[dict] = []
-    if ckpt and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        names = [n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
-        params = dict(accelerator.unwrap_model(model).named_parameters())
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_(state["params"][n])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = state["step"], state["history"]
+    progress_state = _Progress()
+    accelerator.register_for_checkpointing(scheduler, progress_state)
+    _checkpoint_trainable_weights_only(accelerator)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    resume = _checkpoint_to_resume(ckpt) if ckpt else None
+    if resume:
+        accelerator.load_state(str(resume))
+        start, history = progress_state.step, progress_state.history
         if accelerator.is_main_process:
-            print(f"[{desc}] resumed from step {start} of {total} ({ckpt})")
+            print(f"[{desc}] resumed from step {start} of {total} ({resume})")
+    else:
+        start, history = 0, []
 
     model.train()
     sums = {"tokens": 0, "padded": 0, "samples": 0}
@@ -213,7 +227,7 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
             if on_log and accelerator.is_main_process:
                 on_log(step + 1, entry)
         if ckpt and ((step + 1) % cfg.checkpoint_every == 0) and step + 1 < total:
-            _save_checkpoint(accelerator, model, optimizer, scheduler, step + 1, history, ckpt)
+            _save_checkpoint(accelerator, progress_state, step + 1, history, ckpt)
     bar.close()
     elapsed = time.perf_counter() - started
     accelerator.wait_for_everyone()
@@ -233,8 +247,9 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
         "processes": world,
     }
     if ckpt and done < total:
-        _save_checkpoint(accelerator, model, optimizer, scheduler, done, history, ckpt)
-    return TrainResult(done, metrics, history)
+        _save_checkpoint(accelerator, progress_state, done, history, ckpt)
+    state_dict = accelerator.get_state_dict(model) if done == total else None  # collective: every rank calls it
+    return TrainResult(done, metrics, history, state_dict if accelerator.is_main_process else None)
 
 
 def _summarise(window: list[dict], step: int) -> dict:
@@ -255,18 +270,65 @@ def _mean(rows: list[dict], key: str) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def _save_checkpoint(accelerator, model, optimizer, scheduler, step, history, path: Path) -> None:
-    if not accelerator.is_main_process:
-        return
-    unwrapped = accelerator.unwrap_model(model)
-    state = {
-        "params": {n: p.detach().cpu().clone() for n, p in unwrapped.named_parameters() if p.requires_grad},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "history": history,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+CHECKPOINT = "checkpoint"  # accelerate's save_state folder inside the checkpoint directory
+
+
+def _checkpoint_to_resume(directory: Path) -> Path | None:
+    """The last complete checkpoint: the current one, or the previous one when a crash came
+    between the two renames of `_save_checkpoint` (a half-written `.tmp` is never used)."""
+    for name in (CHECKPOINT, CHECKPOINT + ".old"):
+        if (directory / name / "progress.json").exists():
+            return directory / name
+    return None
+
+
+def _checkpoint_trainable_weights_only(accelerator) -> None:
+    """A checkpoint of a LoRA run keeps the adapters and the projector, not the frozen 7B model
+    (accelerate saves every weight by default), and a resume checks it gets exactly those back.
+    FSDP and DeepSpeed models are saved and loaded by their own sharded writers instead: accelerate
+    leaves them out of the lists these hooks see."""
+
+    def trainable(model) -> set[str]:
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def keep_trainable(models, weights, output_dir):
+        for model, state in zip(models, weights):
+            wanted = trainable(model)
+            for key in [k for k in state if k not in wanted]:
+                del state[key]
+
+    def load_trainable(models, input_dir):
+        from safetensors.torch import load_file
+
+        for i, model in enumerate(models):
+            path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
+            state = load_file(path)
+            if set(state) != trainable(model):
+                raise RuntimeError(f"checkpoint {path} holds other weights than this run trains "
+                                   f"({len(state)} saved, {len(trainable(model))} trainable): remove {Path(input_dir).parent}")
+            model.load_state_dict(state, strict=False)  # the frozen weights come from the base model
+        models.clear()  # loaded here: accelerate must not load them again
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    accelerator.register_load_state_pre_hook(load_trainable)
+
+
+def _save_checkpoint(accelerator, progress_state: _Progress, step: int, history: list[dict], directory: Path) -> None:
+    """Every process calls it (sharded states are saved collectively). The new checkpoint is
+    written aside and swapped in by renames, so a kill at any moment leaves a complete one."""
+    progress_state.step, progress_state.history = step, history
+    tmp, current, old = (directory / (CHECKPOINT + suffix) for suffix in (".tmp", "", ".old"))
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps({"step": step}))  # marks the folder complete
+        shutil.rmtree(old, ignore_errors=True)
+        if current.exists():
+            os.replace(current, old)
+        os.replace(tmp, current)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
