@@ -1,7 +1,10 @@
 """Atomic file output: write to a temporary sibling, then rename, so that a stage killed
-half-way never leaves a half-written file that a later stage would trust."""
+half-way never leaves a half-written file that a later stage would trust. And the digest of a
+model folder that cached teacher answers and training checkpoints are keyed by."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -105,3 +108,28 @@ def read_jsonl(path: str | Path, on_bad_line=None) -> list[dict]:
                 continue
             rows.append(row)
     return rows
+
+
+LARGE_FILE = 64 << 20  # files above this (weights) are fingerprinted by sample, not read whole
+SAMPLE_BYTES = 1 << 20  # of a large file's head and tail
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A digest of a model folder that changes when its weights, config, tokenizer or chat
+    template change, so that no cached answer or checkpoint is reused for another model. Small files are
+    hashed whole. Large ones (weights) by size, head, tail and modification time, so that a
+    15 GB model costs milliseconds: a fine-tune may leave a shard's head and tail intact, and
+    the time catches its rewrite; a copied model that got new times only misses the cache."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        stat = file.stat()
+        h.update(f"{file.relative_to(root).as_posix()}:{stat.st_size}".encode())
+        with file.open("rb") as f:
+            if stat.st_size > LARGE_FILE:
+                h.update(f"{stat.st_mtime_ns}".encode() + f.read(SAMPLE_BYTES))
+                f.seek(-SAMPLE_BYTES, io.SEEK_END)
+                h.update(f.read(SAMPLE_BYTES))
+            else:
+                h.update(f.read())
+    return h.hexdigest()[:16]

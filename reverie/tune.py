@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -11,11 +10,11 @@ from pathlib import Path
 import torch
 
 from .generate import load_scenes
-from .io import atomic_dir, read_jsonl, write_json, write_text
+from .io import atomic_dir, model_fingerprint, read_jsonl, write_json, write_text
 from .student.base import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
 from .student.samples import ChatEncoder, build_variant, to_llava_json
-from .student.train import ImageTable, TrainConfig, fingerprint, train
+from .student.train import ImageTable, TrainConfig, checkpoint_dir, remove_checkpoints, train
 from .tracking import RUN_ID_FILE, RunLogger, git_commit, prefect_tags, tracking_uri
 from .world import image_relpath
 
@@ -51,8 +50,7 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     cfg = TrainConfig(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, warmup_fraction=base.warmup_fraction,
                       weight_decay=base.weight_decay, seed=base.seed, checkpoint_every=base.checkpoint_every,
                       loss_normalization="sample", min_lr_fraction=base.min_lr_fraction)
-    key = fingerprint(params.base.model_dump(), params.world.model_dump(), len(samples))
-    ckpt_dir = Path(state_dir) / "checkpoints" / f"base-{key}"
+    ckpt_dir = checkpoint_dir(state_dir, "base", samples, params.base.model_dump(), params.world.model_dump())
     logger = _logger(params, "base", {"variant": "base", "seed": str(base.seed), "dvc.stage": "base"})
     logger.log_params({"base": params.base.model_dump(), "world": params.world.model_dump()})
     try:
@@ -70,7 +68,7 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     except BaseException:
         logger.end("KILLED")
         raise
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    remove_checkpoints(state_dir, "base")
     return metrics
 
 
@@ -131,8 +129,7 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
                       weight_decay=tune.weight_decay, seed=seed, checkpoint_every=tune.checkpoint_every,
                       max_steps=max_steps)
     name = f"{variant}-s{seed}"
-    key = fingerprint(tune.model_dump(), variant, seed, len(samples))
-    ckpt_dir = Path(state_dir) / "checkpoints" / f"{name}-{key}"
+    ckpt_dir = checkpoint_dir(state_dir, name, samples, tune.model_dump(), variant, seed, model_fingerprint(base_dir))
     logger = _logger(params, name, {"variant": variant, "seed": str(seed), "dvc.stage": f"tune@{variant}-{seed}"})
     logger.log_params({"tune": tune.model_dump(), "variant": variant, "seed": seed, "base_dir": str(base_dir),
                        "samples": len(samples), "trainable_parameters": trainable})
@@ -166,7 +163,7 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     except BaseException:
         logger.end("KILLED")
         raise
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    remove_checkpoints(state_dir, name)
     return metrics
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from reverie.io import model_fingerprint
 from reverie.records import PUBLISHED_FIELDS
 from reverie.settings import GenerateSettings, LocalTeacherSettings
-from reverie.teachers.local_vlm import LocalVLM, generate_with_local, model_fingerprint
+from reverie.teachers.local_vlm import LocalVLM, generate_with_local
 from reverie.teachers.openai_compat import PROMPTS, TeacherConfigError, image_data_url
 
 from .chat_server import judge_answer, qa_answer, rationale_answer
@@ -246,10 +247,10 @@ def test_params_select_the_local_teacher(tmp_path, images, tiny_llava, monkeypat
 def test_large_files_are_fingerprinted_by_sample_and_time(tmp_path, monkeypatch):
     import os
 
-    import reverie.teachers.local_vlm as local_vlm
+    import reverie.io
 
-    monkeypatch.setattr(local_vlm, "LARGE_FILE", 64)
-    monkeypatch.setattr(local_vlm, "SAMPLE_BYTES", 8)
+    monkeypatch.setattr(reverie.io, "LARGE_FILE", 64)
+    monkeypatch.setattr(reverie.io, "SAMPLE_BYTES", 8)
     weights = tmp_path / "m" / "model.safetensors"
     weights.parent.mkdir()
     weights.write_bytes(b"h" * 100 + b"m" * 100 + b"t" * 100)

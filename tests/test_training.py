@@ -12,7 +12,8 @@ from PIL import Image
 from reverie.settings import LoraSettings, ModelSettings
 from reverie.student.model import build_tiny, image_token_count, load_student, train_tokenizer
 from reverie.student.samples import ChatEncoder, Conversation, Turn, RESPONSE
-from reverie.student.train import ImageTable, TrainConfig, length_grouped_batches, train
+from reverie.student.train import (ImageTable, TrainConfig, checkpoint_dir, length_grouped_batches, remove_checkpoints,
+                                    train)
 from reverie.tune import apply_lora
 
 TINY = ModelSettings(vision_hidden=32, text_hidden=32, intermediate=64, vision_layers=1, text_layers=1,
@@ -116,6 +117,25 @@ def test_a_lora_checkpoint_keeps_only_the_trained_weights_and_refuses_another_mo
     other, _ = build_tiny(TINY, processor.tokenizer, 16)  # full fine-tuning: other trainable weights
     with pytest.raises(RuntimeError, match="holds other weights than this run trains"):
         train(other, samples, images, cfg, pad, tmp_path / "ckpt", progress=False)
+
+
+def test_a_checkpoint_is_keyed_by_the_samples_themselves_and_stale_ones_are_removed(tiny, tmp_path):
+    import dataclasses
+
+    _, _, samples, _, _ = tiny
+    key = checkpoint_dir(tmp_path, "pos-s0", samples, {"lr": 1.0}, "base-abc")
+    assert key == checkpoint_dir(tmp_path, "pos-s0", list(samples), {"lr": 1.0}, "base-abc")
+    first = samples[0]
+    one_token_differs = [dataclasses.replace(first, input_ids=first.input_ids[:-1] + [first.input_ids[-1] + 1])]
+    stale = [checkpoint_dir(tmp_path, "pos-s0", one_token_differs + samples[1:], {"lr": 1.0}, "base-abc"),
+             checkpoint_dir(tmp_path, "pos-s0", samples, {"lr": 2.0}, "base-abc"),
+             checkpoint_dir(tmp_path, "pos-s0", samples, {"lr": 1.0}, "base-def")]
+    assert len({key, *stale}) == 4  # the same number of samples is not the same training
+    other_run = checkpoint_dir(tmp_path, "pos_neg-s0", samples, {"lr": 1.0}, "base-abc")
+    for directory in (key, *stale, other_run):
+        (directory / "checkpoint").mkdir(parents=True)
+    remove_checkpoints(tmp_path, "pos-s0")
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [other_run.name]
 
 
 def test_length_grouping_keeps_padding_small_and_is_seeded():

@@ -273,6 +273,22 @@ def _mean(rows: list[dict], key: str) -> float:
 CHECKPOINT = "checkpoint"  # accelerate's save_state folder inside the checkpoint directory
 
 
+def checkpoint_dir(state_dir: str | Path, run: str, samples: list[Encoded], *inputs) -> Path:
+    """Where a run's checkpoint lives, keyed by everything that decides its training: the
+    `inputs` (settings, the starting model's fingerprint) and the encoded samples themselves,
+    so a checkpoint left by a killed run is only ever resumed by the same training."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(json.dumps([s.input_ids, s.labels, s.targets, s.image]).encode())
+    return Path(state_dir) / "checkpoints" / f"{run}-{fingerprint(*inputs, h.hexdigest())}"
+
+
+def remove_checkpoints(state_dir: str | Path, run: str) -> None:
+    """Once a run's model is saved: its checkpoint, and any a changed input left behind."""
+    for directory in (Path(state_dir) / "checkpoints").glob(f"{run}-*"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _checkpoint_to_resume(directory: Path) -> Path | None:
     """The last complete checkpoint: the current one, or the previous one when a crash came
     between the two renames of `_save_checkpoint` (a half-written `.tmp` is never used)."""

@@ -24,34 +24,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 
+from ..io import model_fingerprint
 from .cache import CallCache, call_key
 from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError, teach_images
 from .parsing import image_entries
 
-LARGE_FILE = 64 << 20  # files above this (weights) are fingerprinted by sample, not read whole
-SAMPLE_BYTES = 1 << 20  # of a large file's head and tail
 SETTLE_ROUNDS = 3  # event-loop turns without a new request before a partial batch starts
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """A digest of a model folder that changes when its weights, config, tokenizer or chat
-    template change, so that the cache never answers for another model. Small files are
-    hashed whole. Large ones (weights) by size, head, tail and modification time, so that a
-    15 GB model costs milliseconds: a fine-tune may leave a shard's head and tail intact, and
-    the time catches its rewrite; a copied model that got new times only misses the cache."""
-    root = Path(path)
-    h = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
-        stat = file.stat()
-        h.update(f"{file.relative_to(root).as_posix()}:{stat.st_size}".encode())
-        with file.open("rb") as f:
-            if stat.st_size > LARGE_FILE:
-                h.update(f"{stat.st_mtime_ns}".encode() + f.read(SAMPLE_BYTES))
-                f.seek(-SAMPLE_BYTES, io.SEEK_END)
-                h.update(f.read(SAMPLE_BYTES))
-            else:
-                h.update(f.read())
-    return h.hexdigest()[:16]
 
 
 def decode_data_url(url: str):
