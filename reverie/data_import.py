@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .records import PUBLISHED_FIELDS, QUESTION_TYPES
 from .student.model import IMAGE_TOKEN
-from .student.samples import RESPONSE, Conversation, Turn, build_variant, to_llava_json
+from .student.samples import RESPONSE, Conversation, Turn, build_variant, chat_messages, to_llava_json
 from .teachers.scene_graph import LETTER, SHORT
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -209,14 +209,8 @@ def from_llava_json(rows: list[dict]) -> list[Conversation]:
 def to_sharegpt_json(conversations: list[Conversation]) -> list[dict]:
     """ShareGPT in the multimodal layout of LLaMA-Factory and most trainers: `messages` with
     role/content, the image token in the first user message, and an `images` list."""
-    rows = []
-    for c in conversations:
-        messages = []
-        for i, t in enumerate(c.turns):
-            messages.append({"role": "user", "content": (f"{IMAGE_TOKEN}\n" if i == 0 else "") + t.user})
-            messages.append({"role": "assistant", "content": t.assistant})
-        rows.append({"id": c.id, "messages": messages, "images": [c.image]})
-    return rows
+    return [{"id": c.id, "messages": chat_messages(c, "role", "content", "user", "assistant"), "images": [c.image]}
+            for c in conversations]
 
 
 def from_sharegpt_json(rows: list[dict]) -> list[Conversation]:

@@ -40,6 +40,19 @@ def no_leaked_tracking_uri():
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def write_photos(folder: Path, count: int, size: tuple[int, int]) -> list[tuple[str, Path]]:
+    """`count` plain PNGs of distinct colours, as the (image id, path) pairs a model teacher takes."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        path = folder / f"img{i}.png"
+        Image.new("RGB", size, (40 * i, 200 - 30 * i, 90)).save(path)
+        out.append((f"img{i}", path))
+    return out
+
+
 def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from reverie.io import model_fingerprint
 from reverie.records import PUBLISHED_FIELDS
@@ -15,6 +14,7 @@ from reverie.teachers.local_vlm import LocalVLM, generate_with_local
 from reverie.teachers.openai_compat import PROMPTS, TeacherConfigError, image_data_url
 
 from .chat_server import judge_answer, qa_answer, rationale_answer
+from .conftest import write_photos
 
 QUESTIONS = 2
 
@@ -42,13 +42,7 @@ def tiny_llava(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def images(tmp_path) -> list[tuple[str, Path]]:
-    out = []
-    for i in range(3):
-        path = tmp_path / "photos" / f"img{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.new("RGB", (40, 30), (60 * i, 200 - 50 * i, 90)).save(path)
-        out.append((f"img{i}", path))
-    return out
+    return write_photos(tmp_path / "photos", 3, (40, 30))
 
 
 def settings(model_path, **local) -> GenerateSettings:

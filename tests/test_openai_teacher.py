@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from reverie.records import PUBLISHED_FIELDS
 from reverie.settings import GenerateSettings, OpenAITeacherSettings, Params
@@ -20,6 +19,7 @@ from reverie.teachers.openai_compat import SlidingWindowLimiter, TeacherConfigEr
 from reverie.teachers.parsing import ParseError, find_json, parse_judge, parse_questions
 
 from .chat_server import MODELS, ChatServer, Fault
+from .conftest import write_photos
 
 KEY_ENV = "REVERIE_TEST_TEACHER_KEY"
 SECRET = "sk-test-0123456789-do-not-leak"
@@ -36,13 +36,7 @@ def server():
 
 @pytest.fixture
 def images(tmp_path) -> list[tuple[str, Path]]:
-    out = []
-    for i in range(4):
-        path = tmp_path / "photos" / f"img{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.new("RGB", (8, 8), (40 * i, 200 - 30 * i, 90)).save(path)
-        out.append((f"img{i}", path))
-    return out
+    return write_photos(tmp_path / "photos", 4, (8, 8))
 
 
 def settings(base_url: str, **openai) -> GenerateSettings:

@@ -53,16 +53,20 @@ def build_variant(records: list[dict], variant: str, prompts) -> list[Conversati
     return [c for r in records for c in conversations_for(r, variant, prompts)]
 
 
+def chat_messages(conversation: Conversation, role_key: str, text_key: str, user: str, assistant: str) -> list[dict]:
+    """Alternating user/assistant messages under the given keys and role names, the image token
+    opening the first user message: the shape every conversation export shares."""
+    messages = []
+    for i, t in enumerate(conversation.turns):
+        messages.append({role_key: user, text_key: (f"{IMAGE_TOKEN}\n" if i == 0 else "") + t.user})
+        messages.append({role_key: assistant, text_key: t.assistant})
+    return messages
+
+
 def to_llava_json(conversations: list[Conversation]) -> list[dict]:
     """LLaVA's conversation JSON (the format of llava_v1_5_mix665k.json)."""
-    rows = []
-    for c in conversations:
-        turns = []
-        for i, t in enumerate(c.turns):
-            turns.append({"from": "human", "value": (f"{IMAGE_TOKEN}\n" if i == 0 else "") + t.user})
-            turns.append({"from": "gpt", "value": t.assistant})
-        rows.append({"id": c.id, "image": c.image, "conversations": turns})
-    return rows
+    return [{"id": c.id, "image": c.image, "conversations": chat_messages(c, "from", "value", "human", "gpt")}
+            for c in conversations]
 
 
 @dataclass
