@@ -13,7 +13,6 @@ box stands for an unknown number of objects, so counts would be wrong).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from .data_import import IMAGE_SUFFIXES, image_id_for, safe_image_path, split_for
+from .data_import import IMAGE_SUFFIXES, image_id_for, safe_image_path, split_for, stable_fraction
 from .world import Scene, SceneObject
 
 GRID = 3
@@ -87,10 +86,6 @@ def teacher_partners(scenes: list[Scene]) -> dict[str, str]:
     return {kind: other for kind, (_, other) in sorted(best.items())}
 
 
-def _hash_order(image_id: str) -> str:
-    return hashlib.sha256(image_id.encode("utf-8")).hexdigest()
-
-
 def _finish(candidates: list[tuple[Scene, Path]], kinds: list[str], settings, skipped: Counter) -> AnnotatedScenes:
     """Applies the object limit and `max_images` (a hash-ordered, so unbiased and stable,
     subset), then derives the teacher's partners from the scenes kept."""
@@ -103,7 +98,8 @@ def _finish(candidates: list[tuple[Scene, Path]], kinds: list[str], settings, sk
         else:
             kept.append((scene, path))
     if settings.max_images is not None:
-        kept = sorted(kept, key=lambda sp: _hash_order(sp[0].image_id))[: settings.max_images]
+        # its own hash, not the split's: the lowest split hashes are exactly the eval images
+        kept = sorted(kept, key=lambda sp: stable_fraction(sp[0].image_id, "subset"))[: settings.max_images]
     kept.sort(key=lambda sp: sp[0].image_id)
     scenes = [s for s, _ in kept]
     return AnnotatedScenes(scenes, {s.image_id: p for s, p in kept}, kinds,

@@ -49,11 +49,17 @@ def safe_image_path(root: str | Path, rel: str) -> Path:
     return path
 
 
+def stable_fraction(image_id: str, purpose: str = "") -> float:
+    """A number in [0, 1) fixed by the image id alone, independent for each `purpose`: a subset
+    drawn with one purpose is not skewed towards either side of a split drawn with another."""
+    key = f"{purpose}:{image_id}" if purpose else image_id
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / 16 ** 12
+
+
 def split_for(image_id: str, eval_fraction: float) -> str:
     """A deterministic split by a hash of the image id alone: adding or removing other images
     never moves an image between splits."""
-    bucket = int(hashlib.sha256(image_id.encode("utf-8")).hexdigest()[:12], 16) / 16 ** 12
-    return "eval" if bucket < eval_fraction else "train"
+    return "eval" if stable_fraction(image_id) < eval_fraction else "train"
 
 
 def image_id_for(root: Path, path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,23 @@ def test_object_limit_and_image_limit(tmp_path):
     few = read_annotations(settings.model_copy(update={"max_objects": 4, "max_images": 5}))
     assert len(few.scenes) == 5 and all(len(s.objects) <= 4 for s in few.scenes)
     assert few.skipped["too_many_objects"] == sum(len(s.objects) > 4 for s in every.scenes)
+
+
+def test_an_image_limit_keeps_both_splits():
+    """The capped subset is drawn by its own hash: with the split's hash, the lowest hashes
+    kept would all be eval images."""
+    from reverie.annotations import _finish
+    from reverie.data_import import split_for
+
+    settings = AnnotationSettings(format="coco", path="unused.json", images_dir=".", max_images=60, eval_fraction=0.5)
+    candidates = []
+    for i in range(600):
+        image_id = f"img{i:04d}"
+        scene = Scene(image_id, split_for(image_id, 0.5), 90, 90, 3, [SceneObject(0, "dog", "unknown", "small", 0, 0, (0, 0, 10, 10))])
+        candidates.append((scene, Path(f"{image_id}.jpg")))
+    kept = _finish(candidates, ["dog"], settings, Counter()).scenes
+    assert len(kept) == 60
+    assert 15 <= sum(s.split == "eval" for s in kept) <= 45
 
 
 def test_visual_genome_colours_names_and_duplicate_boxes(tmp_path):
