@@ -122,7 +122,8 @@ def model_fingerprint(path: str | Path) -> str:
     the time catches its rewrite; a copied model that got new times only misses the cache."""
     root = Path(path)
     h = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
+    # a .cache folder inside the model (hub downloads) is left out; one above it (~/.cache) is not
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.relative_to(root).parts):
         stat = file.stat()
         h.update(f"{file.relative_to(root).as_posix()}:{stat.st_size}".encode())
         with file.open("rb") as f:

@@ -238,6 +238,20 @@ def test_params_select_the_local_teacher(tmp_path, images, tiny_llava, monkeypat
     assert result.metrics["teacher_batches"] < 6
 
 
+def test_a_model_under_a_cache_folder_is_fingerprinted_by_its_files(tmp_path):
+    """Models often live under ~/.cache: only a .cache inside the model folder is left out."""
+    folder = tmp_path / ".cache" / "models" / "m"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"one")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "download.lock").write_bytes(b"x")
+    before = model_fingerprint(folder)
+    (folder / ".cache" / "download.lock").write_bytes(b"y")
+    assert model_fingerprint(folder) == before
+    (folder / "model.safetensors").write_bytes(b"two")
+    assert model_fingerprint(folder) != before
+
+
 def test_large_files_are_fingerprinted_by_sample_and_time(tmp_path, monkeypatch):
     import os
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import io
 import time
 from dataclasses import asdict, dataclass, field
