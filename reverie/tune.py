@@ -68,7 +68,8 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     except BaseException:
         logger.end("KILLED")
         raise
-    remove_checkpoints(state_dir, "base")
+    if is_main_process():  # the others may finish first, while the main process still saves the model
+        remove_checkpoints(state_dir, "base")
     return metrics
 
 
