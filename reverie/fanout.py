@@ -10,15 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .generate import build_teacher, records_for_scene
+from .generate import build_teacher, teach_scenes, world_scenes
 from .teachers.judge import SceneGraphJudge
-from .world import Scene, sample_world, write_scene
-
-
-def world_scenes(params) -> list[Scene]:
-    """The scenes `generate_dataset` walks, in the same order: train, then held-out."""
-    train, held_out = sample_world(params.world, params.project.seed)
-    return train + held_out
+from .world import Scene, write_scene
 
 
 def split_shards(items: list, shards: int) -> list[list]:
@@ -49,15 +43,10 @@ def generate_shard(params_dump: dict, scene_jsons: list[dict], out_dir: str | No
     from .settings import Params
 
     params = Params.model_validate(params_dump)
-    generate, seed = params.generate, params.project.seed
-    teacher, judge = build_teacher(params.world, generate), SceneGraphJudge()
-    records: list[dict] = []
-    for data in scene_jsons:
-        scene = Scene.from_json(data)
-        if out_dir is not None:
-            write_scene(scene, Path(out_dir))
-        records.extend(records_for_scene(scene, teacher, judge, generate, seed))
-    return records
+    scenes = [Scene.from_json(data) for data in scene_jsons]
+    write_image = (lambda scene: write_scene(scene, Path(out_dir))) if out_dir is not None else None
+    return teach_scenes(scenes, build_teacher(params.world, params.generate), SceneGraphJudge(), params.generate,
+                        params.project.seed, write_image)
 
 
 def merge_shards(results: list[tuple[int, list[dict]]]) -> list[dict]:

@@ -6,6 +6,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -71,19 +72,32 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
     else:
         teacher = build_teacher(world, generate)
         judge = SceneGraphJudge()
-        train, held_out = sample_world(world, seed)
-        scenes = train + held_out
+        scenes = world_scenes(params)
 
         def write_image(scene: Scene) -> None:
             write_scene(scene, out_dir)
     started = time.perf_counter()
-    raw: list[dict] = []
-    for scene in tqdm(scenes, desc="generate", unit="img", disable=not progress, mininterval=1.0):
-        if render_images:
-            write_image(scene)
-        raw.extend(records_for_scene(scene, teacher, judge, generate, seed))
+    raw = teach_scenes(scenes, teacher, judge, generate, seed, write_image if render_images else None, progress)
     elapsed = time.perf_counter() - started
     return finish_dataset(scenes, raw, out_dir, elapsed, source_metrics, write_outputs=render_images)
+
+
+def world_scenes(params) -> list[Scene]:
+    """The synthetic world's scenes in generation order: train, then held-out."""
+    train, held_out = sample_world(params.world, params.project.seed)
+    return train + held_out
+
+
+def teach_scenes(scenes: list[Scene], teacher, judge, generate, seed: int,
+                 write_image: Callable[[Scene], None] | None = None, progress: bool = False) -> list[dict]:
+    """Renders (with `write_image`) and teaches the scenes in order, in one process or in one
+    shard of the fan-out (reverie.fanout): the records of all of them, in scene order."""
+    raw: list[dict] = []
+    for scene in tqdm(scenes, desc="generate", unit="img", disable=not progress, mininterval=1.0):
+        if write_image is not None:
+            write_image(scene)
+        raw.extend(records_for_scene(scene, teacher, judge, generate, seed))
+    return raw
 
 
 def finish_dataset(scenes: list[Scene], raw: list[dict], out_dir: str | Path, elapsed: float,
