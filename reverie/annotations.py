@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from .data_import import IMAGE_SUFFIXES, image_id_for, safe_image_path, split_for, stable_fraction
+from .data_import import image_files, image_id_for, safe_image_path, split_for, stable_fraction
 from .world import Scene, SceneObject
 
 GRID = 3
@@ -182,7 +182,11 @@ def read_visual_genome(settings) -> AnnotatedScenes:
     images are `<image_id>.<ext>` anywhere under `images_dir` (VG_100K, VG_100K_2)."""
     rows = json.loads(Path(settings.path).read_text())
     root = Path(settings.images_dir)
-    files = {p.stem: p for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    files: dict[str, Path] = {}
+    for path in image_files(root):  # refuses a symlink out of the root
+        if path.stem in files:
+            raise ValueError(f"{path} and {files[path.stem]} are both image {path.stem!r}; remove one")
+        files[path.stem] = path
     skipped: Counter = Counter()
     candidates = []
     for row in rows:
@@ -191,7 +195,6 @@ def read_visual_genome(settings) -> AnnotatedScenes:
         if path is None:
             skipped["image_not_found"] += 1
             continue
-        safe_image_path(root, path.relative_to(root).as_posix())  # refuses a symlink out of the root
         width, height = row.get("width") or 0, row.get("height") or 0
         if not (width and height):
             width, height = _image_size(path)

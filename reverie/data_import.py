@@ -68,16 +68,24 @@ def image_id_for(root: Path, path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", rel.replace("/", "__"))
 
 
-def image_folder(root: str | Path, eval_fraction: float = 0.1) -> list[ImageEntry]:
-    """Every image under `root` (recursively, sorted), with its id and split."""
+def image_files(root: str | Path) -> list[Path]:
+    """Every image file under `root`, recursively and sorted; a link out of `root` is refused."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"images folder {root} does not exist")
     resolved = root.resolve()
-    entries: dict[str, ImageEntry] = {}
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    for path in files:
         if not path.resolve().is_relative_to(resolved):
             raise UnsafeImagePath(f"{path} links outside the images folder {resolved}; refusing to read it")
+    return files
+
+
+def image_folder(root: str | Path, eval_fraction: float = 0.1) -> list[ImageEntry]:
+    """Every image under `root` (recursively, sorted), with its id and split."""
+    root = Path(root)
+    entries: dict[str, ImageEntry] = {}
+    for path in image_files(root):
         image_id = image_id_for(root, path)
         if image_id in entries:
             raise ValueError(f"{path} and {entries[image_id].path} map to the same image id {image_id!r}; rename one")

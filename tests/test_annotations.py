@@ -134,6 +134,24 @@ def test_visual_genome_colours_names_and_duplicate_boxes(tmp_path):
     assert source.kinds == ["fire hydrant", "man", "tree"] and source.skipped["image_not_found"] == 1
 
 
+def test_visual_genome_refuses_a_linked_out_image_and_two_files_of_one_image(tmp_path):
+    from reverie.data_import import UnsafeImagePath
+
+    path = tmp_path / "objects.json"
+    path.write_text(json.dumps([{"image_id": 10, "objects": [{"x": 0, "y": 0, "w": 50, "h": 50, "names": ["cat"]}]}]))
+    settings = AnnotationSettings(format="visual_genome", path=str(path), images_dir=str(tmp_path / "vg"))
+    write_image(tmp_path / "elsewhere" / "10.jpg")
+    (tmp_path / "vg").mkdir()
+    (tmp_path / "vg" / "10.jpg").symlink_to(tmp_path / "elsewhere" / "10.jpg")
+    with pytest.raises(UnsafeImagePath, match="links outside the images folder"):
+        read_annotations(settings)
+    (tmp_path / "vg" / "10.jpg").unlink()
+    write_image(tmp_path / "vg" / "VG_100K" / "10.jpg")
+    write_image(tmp_path / "vg" / "VG_100K_2" / "10.png")
+    with pytest.raises(ValueError, match="are both image '10'"):
+        read_annotations(settings)
+
+
 def test_partners_are_the_most_frequent_companions():
     def scene(*kinds):
         return Scene("x", "train", 3, 3, 3, [SceneObject(i, k, "red", "small", 0, 0, (0, 0, 1, 1)) for i, k in enumerate(kinds)])
