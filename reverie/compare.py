@@ -12,7 +12,9 @@ COLUMNS = ["tags.variant", "tags.seed", "metrics.final.train_loss", "metrics.fin
 def comparison(uri: str, experiment: str):
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    from .tracking import use_tracking_uri
+
+    use_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.variant != 'base'",
                               order_by=["tags.variant", "tags.seed"])
     if runs.empty:

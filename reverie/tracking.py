@@ -63,6 +63,20 @@ def dvc_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def use_tracking_uri(uri: str) -> None:
+    """Points this process's MLflow at `uri` and nothing else: `mlflow.set_tracking_uri` also
+    exports MLFLOW_TRACKING_URI, which every later child process (DVC stages started from this
+    one) would inherit and prefer over its own params."""
+    import mlflow
+
+    inherited = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if inherited is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = inherited
+
+
 class RunLogger:
     """A thin wrapper so training code calls one object and never imports mlflow itself."""
 
@@ -70,14 +84,7 @@ class RunLogger:
         import mlflow
 
         self.mlflow = mlflow
-        # set_tracking_uri also exports MLFLOW_TRACKING_URI, which every later child process
-        # (DVC stages started from this one) would inherit and prefer over its own params
-        inherited = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(uri)
-        if inherited is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = inherited
+        use_tracking_uri(uri)
         mlflow.set_experiment(experiment)
         if run_id is None:
             existing = mlflow.search_runs(experiment_names=[experiment], output_format="list",

@@ -1,5 +1,6 @@
 """The whole DAG through `dvc repro` on a tiny config (one shared run for the session)."""
 import json
+import os
 
 from tests.conftest import dvc
 
@@ -69,6 +70,17 @@ def test_mlflow_holds_one_run_per_variant_and_seed_with_its_contents(repro_proje
     assert {"model/adapter_config.json", "model/adapter_model.safetensors", "model/tokenizer.json"} <= artifacts
     info = json.loads((project / "models/pos_neg-s0/mlflow_run.json").read_text())
     assert info["run_id"] == run.info.run_id
+
+
+def test_compare_tables_every_run_and_leaves_the_environment_alone(repro_project, monkeypatch):
+    from reverie.compare import comparison
+
+    project, _ = repro_project
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    table = comparison(f"sqlite:///{project / 'mlflow.db'}", "reverie")
+    assert sorted(zip(table["variant"], table["seed"])) == [("pos_neg", "0"), ("response", "0")]
+    assert table["pope.adversarial.f1"].between(0, 1).all() and table["final.train_loss"].gt(0).all()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # DVC stages started later read their own params
 
 
 def test_saved_predictions_rescore_without_the_model(repro_project, tmp_path):
