@@ -43,11 +43,11 @@ def generate_shards(params_path: str, out: str, shards: int | None = None) -> Ge
     logger = get_run_logger()
     params = load_params(params_path)
     out_dir = Path(out).resolve()
-    scenes, payloads = shard_payloads(params, shards or params.generate.shards)
-    logger.info(f"{len(scenes)} images in {len(payloads)} shard(s)")
+    scenes, params_dump, shard_scenes = shard_payloads(params, shards or params.generate.shards)
+    logger.info(f"{len(scenes)} images in {len(shard_scenes)} shard(s)")
     started = time.perf_counter()
-    futures = generate_shard_task.map([i for i, _, _ in payloads], unmapped(payloads[0][1]),
-                                      [scene_jsons for _, _, scene_jsons in payloads], unmapped(str(out_dir)))
+    futures = generate_shard_task.map(list(range(len(shard_scenes))), unmapped(params_dump), shard_scenes,
+                                      unmapped(str(out_dir)))
     raw = merge_shards(futures.result())
     elapsed = time.perf_counter() - started
     return finish_dataset(scenes, raw, out_dir, elapsed)
@@ -67,7 +67,8 @@ def generate_sharded(params_path: str = "params.yaml", out: str = "data", worker
         return run(params_path, out, shards)
     # no Prefect server configured: this process runs a temporary one, and the Dask workers
     # must report their task runs to it rather than each start (and lose) one of their own
-    api_url = str(get_client(sync_client=True).api_url)
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url)
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         return run(params_path, out, shards)
 

@@ -81,13 +81,13 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
     apply_overrides(changes)
     from reverie.settings import load_params
 
-    run_stage = reproduce.with_options(retries=load_params().orchestration.stage_retries)
+    params = load_params()
+    run_stage = reproduce.with_options(retries=params.orchestration.stage_retries)
     outcome = {}
     for stage in planned_stages():
         outcome[stage] = run_stage(stage)
-    remote = load_params().project.dvc_remote
-    if remote:
-        outcome["push"] = push(remote)
+    if params.project.dvc_remote:
+        outcome["push"] = push(params.project.dvc_remote)
     publish_artifacts()
     return outcome
 

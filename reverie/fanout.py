@@ -29,12 +29,12 @@ def split_shards(items: list, shards: int) -> list[list]:
     return out
 
 
-def shard_payloads(params, shards: int) -> tuple[list[Scene], list[tuple[int, dict, list[dict]]]]:
-    """The scenes, and per shard the picklable arguments of `generate_shard`: its index, the
-    params as plain data and its scenes as JSON."""
+def shard_payloads(params, shards: int) -> tuple[list[Scene], dict, list[list[dict]]]:
+    """The scenes, and the picklable arguments of `generate_shard`: the params as plain data
+    (the same for every shard) and each shard's scenes as JSON, in shard order."""
     scenes = world_scenes(params)
-    dump = params.model_dump(mode="json", by_alias=True)
-    return scenes, [(i, dump, [s.to_json() for s in part]) for i, part in enumerate(split_shards(scenes, shards))]
+    return scenes, params.model_dump(mode="json", by_alias=True), [[s.to_json() for s in part]
+                                                                   for part in split_shards(scenes, shards)]
 
 
 def generate_shard(params_dump: dict, scene_jsons: list[dict], out_dir: str | None) -> list[dict]:
