@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 from PIL import Image
@@ -44,23 +45,23 @@ def serve(latency_s: float, conn) -> None:
 
 
 def server_stats(port: int) -> dict:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    c.request("GET", "/v1/stats")
-    return json.loads(c.getresponse().read())
+    with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=30)) as c:
+        c.request("GET", "/v1/stats")
+        return json.loads(c.getresponse().read())
 
 
 def reference_worker(args) -> tuple[float, float, int]:
     """One process of the reference design: sequential blocking requests on one connection."""
     port, worker, count = args
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    started = time.perf_counter()
-    for i in range(count):
-        body = json.dumps({"model": MODELS["rationale"], "temperature": 0.2, "max_tokens": 256,
-                           "messages": [{"role": "user", "content": f"Explain item {worker}-{i}."}]})
-        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-        answer = json.loads(conn.getresponse().read())
-        assert answer["choices"][0]["message"]["content"]
-    return started, time.perf_counter(), count
+    with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=30)) as conn:
+        started = time.perf_counter()
+        for i in range(count):
+            body = json.dumps({"model": MODELS["rationale"], "temperature": 0.2, "max_tokens": 256,
+                               "messages": [{"role": "user", "content": f"Explain item {worker}-{i}."}]})
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            answer = json.loads(conn.getresponse().read())
+            assert answer["choices"][0]["message"]["content"]
+        return started, time.perf_counter(), count
 
 
 def reference_throughput(port: int, requests: int) -> float:
@@ -99,7 +100,7 @@ generate_with_openai(images, GenerateSettings.model_validate_json(sys.argv[1]), 
 
 def cached_rows(path: Path) -> int:
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:  # `with db` alone never closes
             return db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
