@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 from ..io import model_fingerprint
 from .cache import CallCache, call_key
-from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError, teach_images
+from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError, content_parts, teach_images
 from .parsing import image_entries
 
 SETTLE_ROUNDS = 3  # event-loop turns without a new request before a partial batch starts
@@ -45,9 +45,8 @@ def to_hf_chat(messages: list[dict]) -> tuple[list[dict], list]:
     placeholders) and the images in their order of appearance."""
     chat, images = [], []
     for m in messages:
-        parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
         content = []
-        for part in parts:
+        for part in content_parts(m):
             if part.get("type") == "image_url":
                 images.append(decode_data_url(part["image_url"]["url"]))
                 content.append({"type": "image"})
@@ -172,8 +171,7 @@ class BatchingClient:
         future = asyncio.get_running_loop().create_future()
         pending = self.queue.get((key, max_tokens))
         if pending is None:  # an identical chat already waiting is generated once for both
-            images = sum(p.get("type") == "image_url" for m in messages if isinstance(m["content"], list)
-                         for p in m["content"])
+            images = sum(p.get("type") == "image_url" for m in messages for p in content_parts(m))
             pending = self.queue[(key, max_tokens)] = Pending(messages, key, images)
         pending.futures.append(future)
         self.wake.set()

@@ -74,6 +74,12 @@ def image_data_url(path: str | Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
 
 
+def content_parts(message: dict) -> list[dict]:
+    """A chat message's content as a list of parts: a plain string is one text part."""
+    content = message["content"]
+    return content if isinstance(content, list) else [{"type": "text", "text": content}]
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Retry-After is either seconds or an HTTP date."""
     if not value:
@@ -184,8 +190,7 @@ class ChatClient:
     def _estimate_tokens(self, messages: list[dict], max_tokens: int) -> int:
         chars, images = 0, 0
         for m in messages:
-            parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
-            for part in parts:
+            for part in content_parts(m):
                 if part.get("type") == "image_url":
                     images += 1
                 else:
