@@ -157,7 +157,6 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
     import shutil
 
     from .data_import import image_folder
-    from .teachers.openai_compat import log_usage_to_mlflow
 
     name = params.generate.teacher
     out_dir, settings = Path(out_dir), getattr(params.generate, name)
@@ -177,8 +176,24 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
     result = finish_dataset([], raw, out_dir, elapsed, source, write_outputs,
                             image_splits=[e.split for e in entries], failed=failed)
     if write_outputs:
-        log_usage_to_mlflow(params, result.metrics)
+        log_generation_run(params, result.metrics)
     return result
+
+
+def log_generation_run(params, metrics: dict) -> None:
+    """One MLflow run per generation by a model teacher, with its settings (the key's variable
+    *name* only) and its usage and cost, beside the tuning runs of the same experiment."""
+    from .tracking import project_run
+
+    logger = project_run(params, f"generate-{params.generate.teacher}",
+                         {"stage": "generate", "teacher": params.generate.teacher})
+    try:
+        logger.log_params({"generate": params.generate.model_dump()})
+        logger.log_metrics(metrics)
+    except BaseException:
+        logger.end("FAILED")
+        raise
+    logger.end()
 
 
 def load_scenes(data_dir: str | Path) -> dict[str, Scene]:

@@ -129,3 +129,10 @@ def prefect_tags() -> dict:
     """Ties an MLflow run to the Prefect flow run that started the stage, when there is one."""
     flow_run = os.environ.get("REVERIE_PREFECT_FLOW_RUN_ID")
     return {"prefect.flow_run_id": flow_run} if flow_run else {}
+
+
+def project_run(params, run_name: str, tags: dict, run_id: str | None = None) -> RunLogger:
+    """A run in the project's store and experiment (from params, or MLFLOW_TRACKING_URI), tagged
+    with the git commit and the Prefect flow run: every stage logs through this."""
+    return RunLogger(tracking_uri(params.project.mlflow_tracking_uri), params.project.mlflow_experiment, run_name,
+                     tags | {"git_commit": git_commit()} | prefect_tags(), run_id)

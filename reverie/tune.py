@@ -15,7 +15,7 @@ from .student.base import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
 from .student.samples import ChatEncoder, build_variant, to_llava_json
 from .student.train import ImageTable, TrainConfig, checkpoint_dir, remove_checkpoints, train
-from .tracking import RUN_ID_FILE, RunLogger, git_commit, prefect_tags, tracking_uri
+from .tracking import RUN_ID_FILE, RunLogger, project_run
 from .world import image_relpath
 
 
@@ -91,9 +91,7 @@ class _SilentLogger:
 def _logger(params, name: str, tags: dict, run_id: str | None = None) -> RunLogger:
     if not is_main_process():
         return _SilentLogger()
-    uri = tracking_uri(params.project.mlflow_tracking_uri)
-    return RunLogger(uri, params.project.mlflow_experiment, name,
-                     tags | {"git_commit": git_commit()} | prefect_tags(), run_id)
+    return project_run(params, name, tags, run_id)
 
 
 def apply_lora(model, lora):

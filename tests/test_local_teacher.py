@@ -196,7 +196,7 @@ def test_generate_writes_the_local_teachers_records(tmp_path, images, monkeypatc
     """The generate step with `teacher: local`: the image-folder outputs of the OpenAI teacher."""
     from functools import partial
 
-    import reverie.teachers.openai_compat as openai_compat
+    import reverie.generate
     from reverie.generate import generate_from_image_folder
     from reverie.settings import Params
 
@@ -209,7 +209,7 @@ def test_generate_writes_the_local_teachers_records(tmp_path, images, monkeypatc
                                 cache_path=str(tmp_path / "cache.sqlite")).model_dump()
     params = Params.model_validate(data)
     logged = []  # MLflow itself is exercised by the OpenAI teacher's tests (and costs seconds)
-    monkeypatch.setattr(openai_compat, "log_usage_to_mlflow", lambda params, metrics: logged.append(metrics))
+    monkeypatch.setattr(reverie.generate, "log_generation_run", lambda params, metrics: logged.append(metrics))
     teach = partial(generate_with_local, generator=ScriptedVLM())
     result = generate_from_image_folder(params, tmp_path / "data", progress=False, teach=teach)
     assert logged == [result.metrics]
@@ -222,13 +222,13 @@ def test_generate_writes_the_local_teachers_records(tmp_path, images, monkeypatc
 
 def test_params_select_the_local_teacher(tmp_path, images, tiny_llava, monkeypatch):
     """`generate.teacher: local` alone routes the generate step to the model folder."""
-    import reverie.teachers.openai_compat as openai_compat
+    import reverie.generate
     from reverie.generate import generate_dataset
     from reverie.settings import Params
 
     from .conftest import tiny_params_dict
 
-    monkeypatch.setattr(openai_compat, "log_usage_to_mlflow", lambda params, metrics: None)
+    monkeypatch.setattr(reverie.generate, "log_generation_run", lambda params, metrics: None)
     data = tiny_params_dict(tmp_path)
     data["generate"] = settings(tiny_llava, images_dir=str(images[0][1].parent),
                                 cache_path=str(tmp_path / "cache.sqlite")).model_dump()

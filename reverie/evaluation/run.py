@@ -66,13 +66,12 @@ def evaluate_student(params, model_dir: str | Path, data_dir: str | Path, split_
 
 
 def _log(params, info: dict, metrics: dict) -> None:
-    from ..tracking import RunLogger, flatten, prefect_tags, tracking_uri
+    from ..tracking import flatten, project_run
 
     run_id = info.get("run_id")
     if not run_id:
         return
-    logger = RunLogger(tracking_uri(params.project.mlflow_tracking_uri), params.project.mlflow_experiment,
-                       f"{info['variant']}-s{info['seed']}", prefect_tags(), run_id=run_id)
+    logger = project_run(params, f"{info['variant']}-s{info['seed']}", {}, run_id=run_id)
     logger.log_metrics({f"eval.{k}": v for k, v in flatten(metrics["scores"]).items()})
     logger.log_metrics({k: v for k, v in metrics.items() if k not in ("scores",)})
     logger.end()

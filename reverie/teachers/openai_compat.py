@@ -387,20 +387,3 @@ def generate_with_openai(images, generate, cache_path: str | Path | None = None,
     verdict), calls that failed for good with their reason, and usage (calls, cache_hits,
     tokens, estimated cost). `generate` is the `generate` section of the params."""
     return asyncio.run(agenerate_with_openai(images, generate, cache_path, progress))
-
-
-def log_usage_to_mlflow(params, metrics: dict) -> None:
-    """One MLflow run per generation with the teacher's settings (the key's variable *name*
-    only) and its usage and cost, beside the tuning runs of the same experiment."""
-    from ..tracking import RunLogger, prefect_tags, tracking_uri
-
-    logger = RunLogger(tracking_uri(params.project.mlflow_tracking_uri), params.project.mlflow_experiment,
-                       f"generate-{params.generate.teacher}",
-                       {"stage": "generate", "teacher": params.generate.teacher, **prefect_tags()})
-    try:
-        logger.log_params({"generate": params.generate.model_dump()})
-        logger.log_metrics(metrics)
-    except BaseException:
-        logger.end("FAILED")
-        raise
-    logger.end()
