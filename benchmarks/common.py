@@ -12,9 +12,8 @@ from reverie.settings import load_params
 
 
 def data_and_records(images: int = 600):
-    params = load_params()
     if Path("data/split/train.jsonl").exists() and Path("data/scenes/scenes.jsonl").exists():
-        return params, Path("data"), read_jsonl("data/split/train.jsonl"), "project data"
+        return load_params(), Path("data"), read_jsonl("data/split/train.jsonl"), "project data"
     tmp = Path(tempfile.mkdtemp(prefix="reverie-bench-"))
     params = load_params(overrides={"world.train_images": images, "world.eval_images": max(50, images // 5)})
     result = generate_dataset(params, tmp, progress=False)
