@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .records import PUBLISHED_FIELDS, QUESTION_TYPES
 from .student.model import IMAGE_TOKEN
-from .student.samples import RESPONSE, Conversation, Turn, build_variant, chat_messages, to_llava_json
+from .student.samples import (LLAVA, RESPONSE, SHAREGPT, ChatFormat, Conversation, Turn, build_variant, chat_messages,
+                              to_llava_json)
 from .teachers.scene_graph import LETTER, SHORT
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -163,16 +164,17 @@ def _conversation(row_id: str, image: str, pairs: list[tuple[str, str]], kind: s
     return Conversation(row_id, image, tuple(Turn(_strip_image_token(u), a, RESPONSE) for u, a in pairs), kind)
 
 
-def _pairs(messages: list[dict], user_key: str, text_key: str, user: str, assistant: str) -> list[tuple[str, str]]:
-    """(user, assistant) pairs from alternating messages; a system message is skipped."""
-    turns = [m for m in messages if m.get(user_key) != "system"]
+def _pairs(row: dict, fmt: ChatFormat) -> list[tuple[str, str]]:
+    """(user, assistant) pairs from a row's alternating messages in `fmt`; a system message is skipped."""
+    turns = [m for m in row[fmt.messages_key] if m.get(fmt.role_key) != "system"]
     if len(turns) < 2 or len(turns) % 2:
         raise ValueError("expected alternating user and assistant messages")
     pairs = []
     for u, a in zip(turns[::2], turns[1::2]):
-        if u.get(user_key) != user or a.get(user_key) != assistant:
-            raise ValueError(f"expected '{user}' then '{assistant}', got '{u.get(user_key)}' then '{a.get(user_key)}'")
-        pairs.append((str(u.get(text_key, "")), str(a.get(text_key, ""))))
+        if u.get(fmt.role_key) != fmt.user or a.get(fmt.role_key) != fmt.assistant:
+            raise ValueError(f"expected '{fmt.user}' then '{fmt.assistant}', "
+                             f"got '{u.get(fmt.role_key)}' then '{a.get(fmt.role_key)}'")
+        pairs.append((str(u.get(fmt.text_key, "")), str(a.get(fmt.text_key, ""))))
     return pairs
 
 
@@ -204,8 +206,7 @@ def _read_conversations(rows, images_root, kind: str, parse) -> tuple[list[Conve
 def import_llava(json_path: str | Path, images_root: str | Path | None = None) -> tuple[list[Conversation], list[dict]]:
     """LLaVA conversation JSON (llava_v1_5_mix665k.json) as an extra training mix."""
     rows = json.loads(Path(json_path).read_text())
-    return _read_conversations(rows, images_root, "llava_mix",
-                               lambda row: _pairs(row["conversations"], "from", "value", "human", "gpt"))
+    return _read_conversations(rows, images_root, "llava_mix", lambda row: _pairs(row, LLAVA))
 
 
 def _read_all(rows: list[dict], source: str, turns) -> list[Conversation]:
@@ -217,18 +218,17 @@ def _read_all(rows: list[dict], source: str, turns) -> list[Conversation]:
 
 
 def from_llava_json(rows: list[dict]) -> list[Conversation]:
-    return _read_all(rows, "llava_mix", lambda row: _pairs(row["conversations"], "from", "value", "human", "gpt"))
+    return _read_all(rows, "llava_mix", lambda row: _pairs(row, LLAVA))
 
 
 def to_sharegpt_json(conversations: list[Conversation]) -> list[dict]:
     """ShareGPT in the multimodal layout of LLaMA-Factory and most trainers: `messages` with
     role/content, the image token in the first user message, and an `images` list."""
-    return [{"id": c.id, "messages": chat_messages(c, "role", "content", "user", "assistant"), "images": [c.image]}
-            for c in conversations]
+    return [{"id": c.id, SHAREGPT.messages_key: chat_messages(c, SHAREGPT), "images": [c.image]} for c in conversations]
 
 
 def from_sharegpt_json(rows: list[dict]) -> list[Conversation]:
-    return _read_all(rows, "sharegpt", lambda row: _pairs(row["messages"], "role", "content", "user", "assistant"))
+    return _read_all(rows, "sharegpt", lambda row: _pairs(row, SHAREGPT))
 
 
 def export_samples(records: list[dict], variant: str, prompts, fmt: str = "llava") -> list[dict]:

@@ -53,20 +53,33 @@ def build_variant(records: list[dict], variant: str, prompts) -> list[Conversati
     return [c for r in records for c in conversations_for(r, variant, prompts)]
 
 
-def chat_messages(conversation: Conversation, role_key: str, text_key: str, user: str, assistant: str) -> list[dict]:
-    """Alternating user/assistant messages under the given keys and role names, the image token
-    opening the first user message: the shape every conversation export shares."""
+@dataclass(frozen=True)
+class ChatFormat:
+    """Where a conversation file keeps its messages, and how it names their roles."""
+    messages_key: str
+    role_key: str
+    text_key: str
+    user: str
+    assistant: str
+
+
+LLAVA = ChatFormat("conversations", "from", "value", "human", "gpt")
+SHAREGPT = ChatFormat("messages", "role", "content", "user", "assistant")
+
+
+def chat_messages(conversation: Conversation, fmt: ChatFormat) -> list[dict]:
+    """Alternating user/assistant messages in `fmt`, the image token opening the first user
+    message: the shape every conversation export shares."""
     messages = []
     for i, t in enumerate(conversation.turns):
-        messages.append({role_key: user, text_key: (f"{IMAGE_TOKEN}\n" if i == 0 else "") + t.user})
-        messages.append({role_key: assistant, text_key: t.assistant})
+        messages.append({fmt.role_key: fmt.user, fmt.text_key: (f"{IMAGE_TOKEN}\n" if i == 0 else "") + t.user})
+        messages.append({fmt.role_key: fmt.assistant, fmt.text_key: t.assistant})
     return messages
 
 
 def to_llava_json(conversations: list[Conversation]) -> list[dict]:
     """LLaVA's conversation JSON (the format of llava_v1_5_mix665k.json)."""
-    return [{"id": c.id, "image": c.image, "conversations": chat_messages(c, "from", "value", "human", "gpt")}
-            for c in conversations]
+    return [{"id": c.id, "image": c.image, LLAVA.messages_key: chat_messages(c, LLAVA)} for c in conversations]
 
 
 @dataclass
