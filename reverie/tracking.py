@@ -133,6 +133,10 @@ def prefect_tags() -> dict:
 
 def project_run(params, run_name: str, tags: dict, run_id: str | None = None) -> RunLogger:
     """A run in the project's store and experiment (from params, or MLFLOW_TRACKING_URI), tagged
-    with the git commit and the Prefect flow run: every stage logs through this."""
+    with the git commit, the installed versions of the key packages (`env.*`) and the Prefect
+    flow run: every stage logs through this."""
+    from .environment import environment
+
+    versions = {f"env.{name}": version for name, version in environment().items()}
     return RunLogger(tracking_uri(params.project.mlflow_tracking_uri), params.project.mlflow_experiment, run_name,
-                     tags | {"git_commit": git_commit()} | prefect_tags(), run_id)
+                     tags | {"git_commit": git_commit()} | versions | prefect_tags(), run_id)
