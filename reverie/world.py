@@ -105,10 +105,7 @@ class WorldSampler:
         bad_colors = [c for c in settings.colors if c not in COLOR_RGB]
         if bad_colors:
             raise ValueError(f"world.colors: unknown colour(s) {bad_colors}; available: {list(COLOR_RGB)}")
-        self.partner: dict[str, str] = {}
-        for a, b in settings.cooccurrence_pairs:
-            self.partner[a] = b
-            self.partner[b] = a
+        self.partner = partner_map(settings)
         weights = [settings.popularity_decay**i for i in range(len(settings.kinds))]
         total = sum(weights)
         self.popularity = {k: w / total for k, w in zip(settings.kinds, weights)}
@@ -119,7 +116,10 @@ class WorldSampler:
         n_objects = rng.randint(s.min_objects, min(s.max_objects, grid * grid))
         kinds: list[str] = []
         while len(kinds) < n_objects:
-            kind = rng.choices(list(self.popularity), weights=list(self.popularity.values()))[0]
+            if kinds and rng.random() < s.repeat_bias:
+                kind = rng.choice(kinds)  # another of a kind already here: counts of 2 and more are common
+            else:
+                kind = rng.choices(list(self.popularity), weights=list(self.popularity.values()))[0]
             kinds.append(kind)
             partner = self.partner.get(kind)
             if partner and partner not in kinds and len(kinds) < n_objects and rng.random() < s.cooccurrence_bias:
@@ -136,6 +136,23 @@ class WorldSampler:
             bbox = (round(cx - radius), round(cy - radius), round(cx + radius), round(cy + radius))
             objects.append(SceneObject(i, kind, rng.choice(s.colors), size, row, col, bbox))
         return Scene(image_id, split, s.image_size, s.image_size, grid, objects)
+
+
+def count_question_kind(scene: Scene, rng: random.Random) -> str:
+    """The kind a "how many" question asks about: most often a repeated kind when the scene has
+    one, so that a count of 1 (most kinds in most scenes) is not the answer a blind guess wins
+    with."""
+    kinds = sorted(scene.kinds())
+    repeated = [k for k in kinds if scene.count(k) > 1]
+    if repeated and rng.random() < 0.8:
+        return rng.choice(repeated)
+    return rng.choice(kinds)
+
+
+def confusing_count(n: int, rng: random.Random) -> int:
+    """A wrong count drawn evenly from 1 to max(3, n + 1), so that neither "one more" nor "one
+    less" gives the wrong answer away."""
+    return rng.choice([k for k in range(1, max(3, n + 1) + 1) if k != n])
 
 
 def render(scene: Scene) -> Image.Image:
@@ -176,6 +193,14 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, bbox, rgb) -> None:
         draw.polygon(points, fill=rgb)
     else:  # pragma: no cover - guarded by WorldSampler
         raise ValueError(kind)
+
+
+def partner_map(world) -> dict[str, str]:
+    """Each kind of a co-occurrence pair mapped to the other (world.cooccurrence_pairs)."""
+    partners: dict[str, str] = {}
+    for a, b in world.cooccurrence_pairs:
+        partners[a], partners[b] = b, a
+    return partners
 
 
 def sample_world(settings, seed: int) -> tuple[list[Scene], list[Scene]]:

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
-from ..world import Scene, image_relpath, position_name
+from ..world import Scene, confusing_count, count_question_kind, image_relpath, position_name
 from .scoring import LETTERS, rotations
 
 SHORT = "Answer the question using a single word or phrase."
@@ -83,9 +83,9 @@ def mme(scenes: list[Scene], kinds: list[str], colors: list[str], seed: int) -> 
         pairs: dict[str, tuple[str, str]] = {}
         if absent:
             pairs["existence"] = (f"Is there a {rng.choice(present)} in this image?", f"Is there a {rng.choice(absent)} in this image?")
-        kind = rng.choice(present)
+        kind = count_question_kind(scene, rng)
         n = scene.count(kind)
-        wrong = n + 1 if n == 1 or rng.random() < 0.5 else n - 1
+        wrong = confusing_count(n, rng)
         pairs["count"] = (f"Is the number of {kind}s in this image {n}?", f"Is the number of {kind}s in this image {wrong}?")
         if unique:
             obj = rng.choice(unique)
@@ -138,7 +138,7 @@ def short_answers(scenes: list[Scene], seed: int) -> list[Item]:
     items = []
     for scene in scenes:
         rng = random.Random(f"{seed}:short:{scene.image_id}")
-        kind = rng.choice(sorted(scene.kinds()))
+        kind = count_question_kind(scene, rng)
         items.append(Item("short_answer", f"short-count-{scene.image_id}", image_relpath(scene),
                           f"How many {kind}s are there in the image?\n{SHORT}", str(scene.count(kind)), {"category": "count"}))
         unique = [o for o in scene.objects if scene.count(o.kind) == 1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..world import Scene, SceneObject, position_name
+from ..world import Scene, SceneObject, confusing_count, count_question_kind, position_name
 
 SHORT = "Answer the question using a single word or phrase."
 LETTER = "Answer with the option's letter from the given choices directly."
@@ -137,9 +137,9 @@ class SceneGraphTeacher:
                       None, listing + [absent], [absent] + listing)
 
     def counting_short(self, scene, rng):
-        kind = rng.choice(sorted(scene.kinds()))
+        kind = count_question_kind(scene, rng)
         n = scene.count(kind)
-        wrong = n + 1 if n == 1 or rng.random() < 0.5 else n - 1
+        wrong = confusing_count(n, rng)
         facts = [object_fact(scene, o) for o in scene.objects if o.kind == kind]
         count = Fact("count", kind, count=n)
         return QAItem(f"How many {kind}s are there in the image?\n{SHORT}", "short_answer", "counting",
@@ -315,7 +315,7 @@ class SceneGraphTeacher:
         if item.question_type == "multiple_choice":
             return rng.choice([LETTERS[i] for i in range(len(item.options)) if LETTERS[i] not in (truth, item.confusing_answer)] or [item.confusing_answer])
         if item.reasoning == "counting":
-            return str(int(truth) + 2)
+            return str(rng.choice([k for k in range(1, int(truth) + 3) if str(k) not in (truth, item.confusing_answer)]))
         if item.reasoning == "spatial":
             return "center" if truth != "center" else "top left"
         if item.question_type == "open_ended":
