@@ -115,6 +115,11 @@ def main() -> None:
     report = Path("reports/report.md")
     if report.exists():
         print("\n" + report.read_text())
+    from reverie.report import void_reason
+
+    reason = void_reason(Path("reports"))
+    if reason:
+        raise SystemExit(f"the comparison is VOID: {reason}")
 
 
 if __name__ == "__main__":

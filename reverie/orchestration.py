@@ -10,7 +10,7 @@ import yaml
 
 from .settings import load_params
 
-STAGE_ORDER = ("generate", "validate", "base", "tune", "evaluate", "report")
+STAGE_ORDER = ("generate", "validate", "base", "tune", "evaluate", "chance", "report")
 
 
 def planned_stages(params_path: str | Path = "params.yaml", dvc_yaml: str | Path = "dvc.yaml") -> list[str]:

@@ -1,4 +1,5 @@
-"""DVC stage `report`: the ablation table (markdown, JSON, PNG) over every evaluated run."""
+"""DVC stage `report`: the ablation table (markdown, JSON, PNG) over every evaluated run, with
+chance beside it and intervals on every difference; marked void when the baseline does not see."""
 from reverie.stage import params_from, parser, stage
 
 
@@ -7,12 +8,16 @@ def main() -> None:
     p.add_argument("--eval", default="metrics/eval")
     p.add_argument("--tune", default="metrics/tune")
     p.add_argument("--losses", default="plots/loss")
+    p.add_argument("--predictions", default="predictions")
+    p.add_argument("--chance", default="metrics/chance.json")
+    p.add_argument("--base", default="metrics/base.json")
     p.add_argument("--out", default="reports")
     args = p.parse_args()
     with stage("report"):
         from reverie.report import write_report
 
-        result = write_report(args.eval, args.tune, args.losses, args.out, params_from(args).report.baseline)
+        result = write_report(args.eval, args.tune, args.losses, args.out, params_from(args).report,
+                              args.predictions, args.chance, args.base)
         print(result["markdown"])
 
 

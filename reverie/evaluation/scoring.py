@@ -158,8 +158,16 @@ def short_answer_correct(answer: str, truth: str) -> bool:
 
 
 def score_short_answers(rows: list[dict]) -> dict:
+    """Accuracy overall and per category (count, color) where the rows name one."""
     right = [short_answer_correct(r["answer"], r["label"]) for r in rows]
-    return {"accuracy": sum(right) / len(right) if right else 0.0, "n": len(right)}
+    out: dict = {"accuracy": sum(right) / len(right) if right else 0.0, "n": len(right)}
+    by_category: dict[str, list[bool]] = defaultdict(list)
+    for r, ok in zip(rows, right):
+        if r.get("category"):
+            by_category[r["category"]].append(ok)
+    for category, oks in sorted(by_category.items()):
+        out[category] = {"accuracy": sum(oks) / len(oks), "n": len(oks)}
+    return out
 
 
 # ---- REVERIE-style held-out reasoning questions -----------------------------------------
