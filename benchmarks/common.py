@@ -31,7 +31,7 @@ def student(params, data_dir: Path, records):
         model, processor = load_student("models/base")
         return model, processor, "models/base"
     scenes = [s for s in load_scenes(data_dir).values() if s.split == "train"]
-    convs = describe_conversations(scenes, image_relpath)
+    convs = describe_conversations(scenes, image_relpath, params.world.kinds)
     tok = train_tokenizer(tokenizer_corpus(records, convs), params.base.model.vocab_size)
     model, processor = build_tiny(params.base.model, tok, params.world.image_size)
     return model, processor, "untrained tiny student"

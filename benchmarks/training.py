@@ -1,50 +1,99 @@
-"""Training throughput per variant: tokens/s, samples/s, padding, and the wall-time ratio
-of pos_neg to response next to their token-count ratio.
+"""Training throughput and what it costs at the params' size: the base step's two phases
+(vision pretraining, alignment) and tuning per variant, each timed on a slice and projected to
+the whole stage, with the threads used.
 
-`python -m benchmarks.training [--epochs 0.1]`; the last line is one JSON object."""
+`python -m benchmarks.training [--steps 40] [--threads N]`; the last line is one JSON object."""
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import math
+import time
 
 import torch
 
-from benchmarks.common import data_and_records, student
-from reverie.student.model import image_token_count
+from benchmarks.common import data_and_records
+from reverie.generate import load_scenes
+from reverie.student.base import base_curriculum, tokenizer_corpus
+from reverie.student.model import build_tiny, image_token_count, train_tokenizer
 from reverie.student.samples import ChatEncoder, build_variant
 from reverie.student.train import ImageTable, TrainConfig, train
+from reverie.student.vision import pretrain_vision
 from reverie.tune import apply_lora
+from reverie.world import image_relpath, partner_map
+
+
+def timed_train(model, samples, images, batch_size: int, lr: float, steps: int, pad_id: int, batches=None) -> dict:
+    """Seconds per step over `steps` steps after two warm-up steps."""
+    cfg = TrainConfig(epochs=1.0, batch_size=batch_size, lr=lr, seed=0, max_steps=steps + 2)
+    started = time.perf_counter()
+    warm = TrainConfig(epochs=1.0, batch_size=batch_size, lr=lr, seed=0, max_steps=2)
+    train(copy.deepcopy(model), samples, images, warm, pad_id, progress=False, batches=batches)
+    warmup = time.perf_counter() - started
+    started = time.perf_counter()
+    result = train(model, samples, images, cfg, pad_id, progress=False, batches=batches)
+    seconds = time.perf_counter() - started - warmup
+    return {"seconds_per_step": seconds / steps, "samples_per_s": steps * batch_size / seconds,
+            "padding_fraction": result.metrics["padding_fraction"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--epochs", type=float, default=0.1, help="fraction of an epoch each variant trains")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     params, data_dir, records, source = data_and_records()
-    base, processor, model_source = student(params, data_dir, records)
-    encoder = ChatEncoder(processor.tokenizer, image_token_count(base.config))
-    results = {}
-    for variant in ("response", "pos", "neg", "pos_neg"):
-        convs = build_variant(records, variant, params.tune.prompts)
-        samples = [encoder.encode(c) for c in convs]
-        images = ImageTable(processor, data_dir, [s.image for s in samples])
-        model = apply_lora(copy.deepcopy(base), params.tune.lora) if params.tune.lora.enabled else copy.deepcopy(base)
-        cfg = TrainConfig(epochs=args.epochs, batch_size=params.tune.batch_size, lr=params.tune.lr, seed=0)
-        m = train(model, samples, images, cfg, processor.tokenizer.pad_token_id, progress=False).metrics
-        tokens = sum(len(s.input_ids) for s in samples)
-        results[variant] = {"samples": len(samples), "tokens_per_epoch": tokens, "tokens_per_s": m["tokens_per_s"],
-                            "samples_per_s": m["samples_per_s"], "padding_fraction": m["padding_fraction"],
-                            "seconds": m["train_seconds"], "epoch_seconds_estimate": m["train_seconds"] / args.epochs}
-        print(f"{variant:8s} {m['tokens_per_s']:8.0f} tokens/s {m['samples_per_s']:7.1f} samples/s "
-              f"padding {m['padding_fraction']:.1%}  ~{results[variant]['epoch_seconds_estimate']:.0f} s/epoch")
-    ratio_time = results["pos_neg"]["seconds"] / results["response"]["seconds"]
-    ratio_tokens = results["pos_neg"]["tokens_per_epoch"] / results["response"]["tokens_per_epoch"]
-    print(f"pos_neg / response: wall time x{ratio_time:.2f}, tokens x{ratio_tokens:.2f}")
-    print(json.dumps({"benchmark": "training", "data": source, "model": model_source, "epochs": args.epochs,
-                      "threads": torch.get_num_threads(), "variants": results,
-                      "pos_neg_to_response_time_ratio": ratio_time, "pos_neg_to_response_token_ratio": ratio_tokens}))
+    base = params.base
+    scenes = [s for s in load_scenes(data_dir).values() if s.split == "train"]
+    conversations, batches = base_curriculum(scenes, params.world.kinds, partner_map(params.world), base, image_relpath)
+    tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
+    model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
+    encoder = ChatEncoder(tokenizer, image_token_count(model.config))
+    samples = [encoder.encode(c) for c in conversations]
+    images = ImageTable(processor, data_dir, [s.image for s in samples])
+    pad = tokenizer.pad_token_id
+    # the slices run on the data at hand; the projections scale to the params' world
+    scale = params.world.train_images / len(scenes)
+    out: dict = {"benchmark": "training", "data": source, "threads": torch.get_num_threads(),
+                 "train_images": len(scenes), "records": len(records), "projected_to_train_images": params.world.train_images}
+
+    # vision pretraining: a slice of its steps, projected to base.vision_epochs
+    pixels = images([image_relpath(s) for s in scenes])
+    slice_epochs = args.steps * base.vision_batch_size / len(scenes)
+    vision = pretrain_vision(model, pixels, scenes, params.world.kinds, params.world.colors, slice_epochs, base.vision_lr,
+                             base.vision_batch_size, base.seed, base.freeze_vision, log=None)
+    per_step = vision["vision_seconds"] / vision["vision_steps"]
+    vision_steps = math.ceil(base.vision_epochs * len(scenes) * scale / base.vision_batch_size)
+    out["vision"] = {"seconds_per_step": per_step, "steps": vision_steps, "projected_seconds": per_step * vision_steps}
+
+    align = timed_train(model, samples, images, base.batch_size, base.lr, args.steps, pad, batches=batches)
+    align_steps = round(len(batches) * scale)
+    out["alignment"] = align | {"steps": align_steps, "projected_seconds": align["seconds_per_step"] * align_steps}
+    print(f"base: vision {out['vision']['projected_seconds']:.0f} s ({vision_steps} steps), alignment "
+          f"{out['alignment']['projected_seconds']:.0f} s ({align_steps} steps, {align['samples_per_s']:.0f} samples/s)")
+
+    tune = params.tune
+    out["tune"] = {}
+    for variant in tune.variants:
+        variant_samples = [encoder.encode(c) for c in build_variant(records, variant, tune.prompts)]
+        student = apply_lora(copy.deepcopy(model), tune.lora) if tune.lora.enabled else copy.deepcopy(model)
+        figures = timed_train(student, variant_samples, images, tune.batch_size, tune.lr, args.steps, pad)
+        steps = math.ceil(tune.epochs * len(variant_samples) * scale / tune.batch_size)
+        out["tune"][variant] = figures | {"samples": len(variant_samples), "steps": steps,
+                                          "projected_seconds": figures["seconds_per_step"] * steps}
+        print(f"tune {variant:8s} {figures['samples_per_s']:6.0f} samples/s, padding {figures['padding_fraction']:.1%}, "
+              f"~{out['tune'][variant]['projected_seconds']:.0f} s per run ({steps} steps)")
+    per_seed = sum(v["projected_seconds"] for v in out["tune"].values())
+    out["tune_seconds_per_seed"] = per_seed
+    out["training_seconds_projected"] = (out["vision"]["projected_seconds"] + out["alignment"]["projected_seconds"]
+                                         + per_seed * len(tune.seeds))
+    print(f"training at these params: ~{out['training_seconds_projected'] / 60:.1f} min "
+          f"(base, then {len(tune.seeds)} seed(s) x {len(tune.variants)} variants)")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class WorldSettings(Section):
     popularity_decay: float = Field(0.85, gt=0, le=1)
     cooccurrence_pairs: list[tuple[str, str]] = [("circle", "cross"), ("square", "star")]
     cooccurrence_bias: float = Field(0.5, ge=0, le=1)
+    repeat_bias: float = Field(0.3, ge=0, lt=1)  # chance that a further object repeats a kind already placed
     train_images: int = Field(3000, ge=1)
     eval_images: int = Field(400, ge=1)
 
@@ -170,16 +171,26 @@ class BaseTrainSettings(Section):
     """The shared base: an alignment-like step on dense scene descriptions, trained once."""
 
     model: ModelSettings = ModelSettings()
-    describe_epochs: float = Field(6.0, ge=0)
-    epochs: float = Field(6.0, gt=0)
+    describe_epochs: float = Field(0.0, ge=0)
+    epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     min_lr_fraction: float = Field(0.1, gt=0, le=1)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = 0.0
     existence_probes_per_image: int = Field(2, ge=0)
+    attribute_probes_per_image: int = Field(1, ge=0)  # pairs of colour and size questions
     seed: int = 0
     checkpoint_every: int = Field(200, ge=1)
+    # vision pretraining of the tiny tower (reverie/student/vision.py); 0 skips it
+    vision_epochs: float = Field(6.0, ge=0)
+    vision_lr: float = Field(2e-3, gt=0)
+    vision_batch_size: int = Field(64, ge=1)
+    freeze_vision: bool = True
+    # the perception check on held-out scenes (reverie/evaluation/perception.py) and its gate
+    check_images: int = Field(200, ge=0)
+    describe_check_images: int = Field(100, ge=0)
+    min_existence_accuracy: float = Field(0.9, ge=0, le=1)
 
 
 class LoraSettings(Section):
@@ -204,7 +215,7 @@ class PromptSettings(Section):
 
 class TuneSettings(Section):
     variants: list[Literal["response", "pos", "neg", "pos_neg"]] = list(VARIANTS)
-    seeds: list[int] = [0, 1]
+    seeds: list[int] = [0, 1, 2]
     prompts: PromptSettings = PromptSettings()
     lora: LoraSettings = LoraSettings()
     epochs: float = Field(1.0, gt=0)
@@ -226,6 +237,18 @@ class EvaluateSettings(Section):
 
 class ReportSettings(Section):
     baseline: Literal["response", "pos", "neg", "pos_neg"] = "response"
+    # the comparison is void when the baseline does not see (reverie/report.py)
+    min_baseline_pope_accuracy: float = Field(0.7, ge=0, le=1)
+    baseline_yes_ratio: tuple[float, float] = (0.2, 0.8)
+    bootstrap_replicates: int = Field(1000, ge=100)
+    bootstrap_seed: int = 0
+
+    @field_validator("baseline_yes_ratio")
+    @classmethod
+    def _a_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1] <= 1:
+            raise ValueError("must be [low, high] with 0 <= low < high <= 1")
+        return v
 
 
 class OrchestrationSettings(Section):

@@ -10,38 +10,41 @@ from pathlib import Path
 import torch
 
 from .generate import load_scenes
+from .environment import environment
 from .io import atomic_dir, model_fingerprint, read_jsonl, write_json, write_text
+from .world import image_relpath, partner_map
 from .student.base import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
 from .student.samples import ChatEncoder, build_variant, to_llava_json
 from .student.train import ImageTable, TrainConfig, checkpoint_dir, remove_checkpoints, train
 from .tracking import RUN_ID_FILE, RunLogger, project_run
-from .world import image_relpath
-
-
-def _partners(world) -> dict[str, str]:
-    partners = {}
-    for a, b in world.cooccurrence_pairs:
-        partners[a], partners[b] = b, a
-    return partners
 
 
 def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str | Path,
                state_dir: str | Path = ".reverie", progress: bool = True) -> dict:
-    """Builds (or copies) the shared base student and saves it as a Hugging Face folder."""
+    """Builds (or copies) the shared base student, saves it as a Hugging Face folder and
+    measures whether it sees (`perception` in the returned metrics; the stage gates on it).
+
+    The tiny student: a tokenizer trained on the corpus, a LLaVA built from config, its vision
+    tower pretrained on the scene graphs and frozen (student/vision.py), then the language model
+    aligned on descriptions and existence probes (student/base.py)."""
     base = params.base
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    scenes = load_scenes(data_dir)
+    held_out = sorted((s for s in scenes.values() if s.split == "eval"), key=lambda s: s.image_id)
     if base.model.pretrained:
         model, processor = load_student(base.model.pretrained)
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
-        return {"pretrained": base.model.pretrained, "train_seconds": 0.0}
+        return {"pretrained": base.model.pretrained, "train_seconds": 0.0,
+                **_perception(params, model, processor, held_out, data_dir)}
 
     torch.manual_seed(base.seed)
-    scenes = [s for s in load_scenes(data_dir).values() if s.split == "train"]
+    train_scenes = [s for s in scenes.values() if s.split == "train"]
     records = read_jsonl(Path(split_dir) / "train.jsonl")
-    conversations, batches = base_curriculum(scenes, params.world.kinds, _partners(params.world), base, image_relpath)
+    partners = partner_map(params.world)
+    conversations, batches = base_curriculum(train_scenes, params.world.kinds, partners, base, image_relpath)
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
@@ -54,16 +57,19 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     logger = _logger(params, "base", {"variant": "base", "seed": str(base.seed), "dvc.stage": "base"})
     logger.log_params({"base": params.base.model_dump(), "world": params.world.model_dump()})
     try:
+        vision = _pretrained_tower(model, images, train_scenes, params, ckpt_dir, progress)
+        logger.log_metrics(vision)
         result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir,
                        on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc="base",
                        batches=batches)
-        metrics = result.metrics | {"parameters": sum(p.numel() for p in model.parameters()),
-                                    "vocab_size": len(tokenizer), "mlflow_run_id": logger.run_id}
-        logger.log_metrics({f"final.{k}": v for k, v in result.metrics.items()})
+        metrics = result.metrics | vision | {"parameters": sum(p.numel() for p in model.parameters()),
+                                             "vocab_size": len(tokenizer), "mlflow_run_id": logger.run_id}
         if is_main_process():
+            metrics |= _perception(params, model, processor, held_out, data_dir)
             with atomic_dir(out_dir) as tmp:
                 model.save_pretrained(tmp, state_dict=result.state_dict)
                 processor.save_pretrained(tmp)
+        logger.log_metrics({f"final.{k}": v for k, v in metrics.items() if k != "mlflow_run_id"})
         logger.end()
     except BaseException:
         logger.end("KILLED")
@@ -71,6 +77,61 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     if is_main_process():  # the others may finish first, while the main process still saves the model
         remove_checkpoints(state_dir, "base")
     return metrics
+
+
+def _pretrained_tower(model, images: ImageTable, scenes, params, ckpt_dir: Path, progress: bool) -> dict:
+    """Pretrains (and freezes) the vision tower, or loads the tower a killed run of the same
+    training already pretrained, so that a resumed run continues on the same features."""
+    base = params.base
+    if not base.vision_epochs:
+        return {}
+    from safetensors.torch import load_file, save_file
+
+    from .student.vision import pretrain_vision
+
+    tower = model.model.vision_tower
+    saved = ckpt_dir / "vision_tower.safetensors"
+    if saved.exists():
+        tower.load_state_dict(load_file(saved))
+        if base.freeze_vision:
+            tower.requires_grad_(False)
+        return json.loads((ckpt_dir / "vision_tower.json").read_text())
+    pixels = images([image_relpath(s) for s in scenes])
+    metrics = pretrain_vision(model, pixels, scenes, params.world.kinds, params.world.colors, base.vision_epochs,
+                              base.vision_lr, base.vision_batch_size, base.seed, base.freeze_vision,
+                              log=print if progress else None)
+    if is_main_process():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(saved))
+        write_json(ckpt_dir / "vision_tower.json", metrics)
+    return metrics
+
+
+def _perception(params, model, processor, held_out, data_dir) -> dict:
+    """The base check: existence probes, the shuffled-image control and descriptions on held-out
+    scenes. Without held-out scene graphs (a folder of photographs) it is not measured."""
+    base = params.base
+    if not held_out or not base.check_images:
+        return {"perception_measured": False}
+    from .evaluation.perception import perception_check
+
+    figures = perception_check(model.eval(), processor, held_out[: base.check_images], data_dir, params.world.kinds,
+                               partner_map(params.world), params.evaluate.batch_size, base.describe_check_images)
+    model.train()
+    return {"perception_measured": True, **figures}
+
+
+def base_gate(metrics: dict, min_existence_accuracy: float) -> str | None:
+    """Why the base student must not be used, or None: it answers held-out existence questions
+    below `base.min_existence_accuracy`."""
+    if not metrics.get("perception_measured"):
+        return None
+    accuracy = metrics["heldout_existence_accuracy"]
+    if accuracy < min_existence_accuracy:
+        return (f"heldout_existence_accuracy {accuracy:.3f} is below base.min_existence_accuracy = "
+                f"{min_existence_accuracy} (yes-ratio {metrics['heldout_yes_ratio']:.2f}, shuffled-image control "
+                f"{metrics['shuffled_image_accuracy']:.3f}): the base student does not see")
+    return None
 
 
 def is_main_process() -> bool:
@@ -140,7 +201,8 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
         for c, s in zip(conversations, samples):
             token_counts[c.kind] += len(s.input_ids)
         metrics = result.metrics | {"variant": variant, "seed": seed, "trainable_parameters": trainable,
-                                    "tokens": sum(token_counts.values()), "tokens_by_kind": token_counts}
+                                    "tokens": sum(token_counts.values()), "tokens_by_kind": token_counts,
+                                    "environment": environment()}
         if loss_csv and is_main_process():
             write_text(loss_csv, "step,loss,response_loss,rationale_loss,lr\n" + "".join(
                 f"{h['step']},{h['loss']},{h['response_loss']},{h['rationale_loss']},{h['lr']}\n" for h in result.history))

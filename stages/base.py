@@ -1,6 +1,7 @@
-"""DVC stage `base`: the shared base student every variant starts from (trained once)."""
+"""DVC stage `base`: the shared base student every variant starts from (trained once), and
+the check that it sees: the stage fails when it does not (base.min_existence_accuracy)."""
 from reverie.io import write_json
-from reverie.stage import params_from, parser, stage
+from reverie.stage import StageFailed, params_from, parser, stage
 
 
 def main() -> None:
@@ -11,14 +12,23 @@ def main() -> None:
     p.add_argument("--metrics", default="metrics/base.json")
     args = p.parse_args()
     with stage("base"):
-        from reverie.tune import is_main_process, train_base
+        from reverie.tune import base_gate, is_main_process, train_base
 
-        metrics = train_base(params_from(args), args.data, args.split, args.out)
+        params = params_from(args)
+        metrics = train_base(params, args.data, args.split, args.out)
         if not is_main_process():
             return
-        write_json(args.metrics, metrics)
+        failure = base_gate(metrics, params.base.min_existence_accuracy)
+        write_json(args.metrics, metrics | {"passed": failure is None, "failure": failure})
         print(f"[base] saved {args.out}: loss {metrics.get('train_loss', float('nan')):.3f}, "
               f"{metrics.get('tokens_per_s', 0):.0f} tokens/s, {metrics.get('train_seconds', 0):.0f} s")
+        if metrics.get("perception_measured"):
+            print(f"[base] held-out existence accuracy {metrics['heldout_existence_accuracy']:.3f} "
+                  f"(yes-ratio {metrics['heldout_yes_ratio']:.2f}), shuffled images "
+                  f"{metrics['shuffled_image_accuracy']:.3f}, descriptions name "
+                  f"{metrics.get('description_object_recall', float('nan')):.0%} of the objects")
+        if failure:
+            raise StageFailed(failure)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main() -> None:
     name = f"{args.variant}-s{args.seed}"
     with stage(f"tune {name}"):
         from reverie.tune import is_main_process, tune_variant
-        from reverie.evaluation.quick import heldout_yes_no_accuracy
+        from reverie.evaluation.quick import heldout_check
 
         params = params_from(args)
         out = args.out or f"models/{name}"
@@ -25,11 +25,11 @@ def main() -> None:
                                loss_csv=args.losses or f"plots/loss/{name}.csv")
         if not is_main_process():
             return  # the main process evaluates and writes the outputs
-        metrics["heldout_yes_no_accuracy"] = heldout_yes_no_accuracy(params, out, args.data)
+        metrics |= heldout_check(params, out, args.data)
         write_json(args.metrics or f"metrics/tune/{name}.json", metrics)
         print(f"[tune {name}] loss {metrics['train_loss']:.3f} (response {metrics['response_loss']:.3f}), "
               f"{metrics['tokens_per_s']:.0f} tokens/s, padding {metrics['padding_fraction']:.1%}, "
-              f"held-out yes/no accuracy {metrics['heldout_yes_no_accuracy']:.3f}")
+              f"held-out yes/no accuracy {metrics.get('heldout_yes_no_accuracy', float('nan')):.3f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from tests.conftest import dvc
 def test_repro_runs_every_stage_and_writes_the_outputs(repro_project):
     project, first = repro_project
     for stage in ("generate", "validate", "base", "tune@response-0", "tune@pos_neg-0",
-                  "evaluate@response-0", "evaluate@pos_neg-0", "report"):
+                  "evaluate@response-0", "evaluate@pos_neg-0", "chance", "report"):
         assert f"Running stage '{stage}'" in first.stdout, (stage, first.stdout[-3000:], first.stderr[-3000:])
     gen = json.loads((project / "metrics/generate.json").read_text())
     assert gen["train_images"] == 60 and gen["eval_images"] == 16
@@ -25,9 +25,25 @@ def test_repro_runs_every_stage_and_writes_the_outputs(repro_project):
     for key in ("pope.random.f1", "pope.popular.f1", "pope.adversarial.f1", "pope.mean_f1", "mme.score",
                 "mmbench.circular_accuracy", "short_answer.accuracy"):
         assert key in ev, key
+    base = json.loads((project / "metrics/base.json").read_text())
+    for key in ("heldout_existence_accuracy", "heldout_yes_ratio", "shuffled_image_accuracy", "description_object_recall"):
+        assert 0 <= base[key] <= 1, key
+    assert base["passed"] is True and base["vision_steps"] > 0  # the tiny config turns the gate off
+    chance = json.loads((project / "metrics/chance.json").read_text())
+    assert chance["always_yes"]["pope.random.yes_ratio"] == 1.0
+    assert chance["always_yes"]["pope.random.accuracy"] == 0.5  # POPE is balanced
     report = (project / "reports/report.md").read_text()
-    assert "| response |" in report and "| pos_neg |" in report
+    assert "| response |" in report and "| pos_neg |" in report and "| *blind prior* |" in report
     assert (project / "reports/ablation.png").stat().st_size > 1000
+    ablation = json.loads((project / "reports/ablation.json").read_text())
+    row = ablation["variants"]["pos_neg"]["pope.random.f1"]
+    assert {"mean", "std", "ci95", "diff_mean", "diff_ci95", "p_value"} <= set(row)
+    # a student trained for seconds on 60 images does not see: the comparison must say so
+    baseline = ablation["variants"]["response"]
+    accuracy = sum(baseline[f"pope.{s}.accuracy"]["mean"] for s in ("random", "popular", "adversarial")) / 3
+    yes_ratio = sum(baseline[f"pope.{s}.yes_ratio"]["mean"] for s in ("random", "popular", "adversarial")) / 3
+    assert ablation["void"] is (accuracy < 0.7 or not 0.2 <= yes_ratio <= 0.8)
+    assert ablation["void"] is report.splitlines()[2].startswith("> **VOID")
 
 
 def test_a_second_repro_is_up_to_date(repro_project):

@@ -35,8 +35,18 @@ class Answerer:
         self.device = next(model.parameters()).device
         self.seconds = 0.0
 
-    @torch.inference_mode()
     def answer(self, questions: list[Question], batch_size: int = 64, progress: bool = True, desc: str = "answer") -> list[str]:
+        """Greedy answers in the questions' order. A question asked again of the same image (POPE
+        asks each present object in all three splits) is decoded once."""
+        unique: dict[tuple[str, str], int] = {}
+        for q in questions:
+            unique.setdefault((q.image, q.text), len(unique))
+        distinct = [Question(f"q{i}", image, text) for (image, text), i in unique.items()]
+        answers = self._answer_distinct(distinct, batch_size, progress, desc)
+        return [answers[unique[(q.image, q.text)]] for q in questions]
+
+    @torch.inference_mode()
+    def _answer_distinct(self, questions: list[Question], batch_size: int, progress: bool, desc: str) -> list[str]:
         table = ImageTable(self.processor, self.root, [q.image for q in questions])
         prompts = [self.encoder.prompt(q.text) for q in questions]
         order = sorted(range(len(questions)), key=lambda i: len(prompts[i]))

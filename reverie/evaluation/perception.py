@@ -1,0 +1,79 @@
+"""Does a student see? Balanced existence probes on held-out scenes, the same probes with the
+images shuffled across them (a control that only a student using the image fails), and how
+many objects its scene descriptions get right.
+
+The base stage gates on these figures and the tune stage records them, so that no result is
+read through a student that answers from priors."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from ..student.base import DESCRIBE, EXISTENCE, parse_description
+from ..world import Scene, image_relpath, position_name
+from .decode import Answerer, Question
+from .scoring import pope_yes
+
+def existence_probes(scenes: list[Scene], kinds: list[str], partners: dict[str, str],
+                     seed: int = 0) -> tuple[list[Question], list[bool]]:
+    """One present and one absent kind per scene (POPE-style balance); the absent one is the
+    co-occurring partner of a present kind half the time (the hallucination trap)."""
+    questions, labels = [], []
+    for scene in scenes:
+        rng = random.Random(f"{seed}:perception:{scene.image_id}")
+        present = sorted(scene.kinds())
+        absent = [k for k in kinds if k not in present]
+        if not absent:
+            continue
+        traps = sorted({partners[k] for k in present if k in partners} - set(present))
+        no = rng.choice(traps) if traps and rng.random() < 0.5 else rng.choice(absent)
+        for kind, label in ((rng.choice(present), True), (no, False)):
+            questions.append(Question(f"{scene.image_id}:{kind}", image_relpath(scene), EXISTENCE.format(kind=kind)))
+            labels.append(label)
+    return questions, labels
+
+
+def shuffled(questions: list[Question]) -> list[Question]:
+    """The same questions, each asked of another scene's image (every image moves)."""
+    images = sorted({q.image for q in questions})
+    if len(images) < 2:
+        raise ValueError("the shuffled-image control needs at least two images")
+    moved = {image: images[(i + len(images) // 2) % len(images)] for i, image in enumerate(images)}
+    return [Question(q.qid, moved[q.image], q.text) for q in questions]
+
+
+def description_recall(scenes: list[Scene], descriptions: list[str]) -> dict[str, float]:
+    """Share of the objects a description names at their position with the right kind, and with
+    the right kind, colour and size."""
+    kind_right = all_right = total = 0
+    for scene, text in zip(scenes, descriptions):
+        said: dict[str, list[tuple[str, str, str]]] = {}
+        for named in parse_description(text):
+            said.setdefault(named["position"], []).append((named["size"], named["color"], named["kind"]))
+        for obj in scene.objects:
+            total += 1
+            here = said.get(position_name(obj.row, obj.col, scene.grid), [])
+            kind_right += any(kind == obj.kind for _, _, kind in here)
+            all_right += (obj.size, obj.color, obj.kind) in here
+    return {"description_object_recall": kind_right / total if total else 0.0,
+            "description_attribute_recall": all_right / total if total else 0.0}
+
+
+def perception_check(model, processor, scenes: list[Scene], images_root: str | Path, kinds: list[str],
+                     partners: dict[str, str], batch_size: int = 128, describe: int = 100) -> dict:
+    """The figures above for `scenes`, answered by greedy decoding."""
+    questions, labels = existence_probes(scenes, kinds, partners)
+    answerer = Answerer(model, processor, images_root, max_new_tokens=3)
+    said_yes = [pope_yes(a) for a in answerer.answer(questions, batch_size, progress=False)]
+    shuffled_yes = [pope_yes(a) for a in answerer.answer(shuffled(questions), batch_size, progress=False)]
+    out = {"heldout_existence_accuracy": sum(s == y for s, y in zip(said_yes, labels)) / len(labels),
+           "heldout_yes_ratio": sum(said_yes) / len(said_yes),
+           "shuffled_image_accuracy": sum(s == y for s, y in zip(shuffled_yes, labels)) / len(labels),
+           "perception_questions": len(labels)}
+    if describe:
+        described = scenes[:describe]
+        answerer.max_new_tokens = 16 * max(len(s.objects) for s in described) + 8
+        texts = answerer.answer([Question(s.image_id, image_relpath(s), DESCRIBE) for s in described],
+                                batch_size, progress=False)
+        out |= description_recall(described, texts) | {"description_example": texts[0]}
+    return out

@@ -1,0 +1,38 @@
+"""Learning works: a tiny world and a tiny student, trained by the base step as the pipeline
+trains it, must see held-out images, and must fail when the images are shuffled under the
+same questions. A student answering from priors ("yes" to everything, or the co-occurring
+partner) fails this test; so does one that never learned to read its image tokens."""
+import pytest
+
+from tests.conftest import merge, tiny_params_dict
+
+LEARNING = {
+    "world": {"train_images": 500, "eval_images": 80},
+    "generate": {"questions_per_image": 1, "noise_rate": 0.0},
+    "base": {"describe_epochs": 0, "epochs": 3, "batch_size": 32, "lr": 0.002, "vision_epochs": 8,
+             "check_images": 80, "describe_check_images": 0, "existence_probes_per_image": 4,
+             "min_existence_accuracy": 0.0, "checkpoint_every": 10_000,
+             "model": {"vision_hidden": 64, "text_hidden": 64, "intermediate": 128, "vision_layers": 1,
+                       "text_layers": 2, "vocab_size": 300, "vision_heads": 2, "text_heads": 2}},
+}
+
+
+@pytest.mark.timeout(300)
+def test_a_tiny_student_learns_to_see_held_out_images(tmp_path):
+    from reverie.generate import generate_dataset
+    from reverie.io import write_jsonl
+    from reverie.settings import Params
+    from reverie.tune import train_base
+
+    params = Params.model_validate(merge(tiny_params_dict(tmp_path), LEARNING))
+    data = tmp_path / "data"
+    result = generate_dataset(params, data, progress=False)
+    write_jsonl(tmp_path / "split" / "train.jsonl",
+                [r for r in result.raw if r["judge"]["consistent"] and r["split"] == "train"])
+    metrics = train_base(params, data, tmp_path / "split", tmp_path / "base", state_dir=tmp_path / "state",
+                         progress=False)
+    figures = {k: metrics[k] for k in ("heldout_existence_accuracy", "heldout_yes_ratio", "shuffled_image_accuracy")}
+    assert metrics["perception_questions"] == 160
+    assert figures["heldout_existence_accuracy"] >= 0.85, figures
+    assert 0.35 <= figures["heldout_yes_ratio"] <= 0.65, figures
+    assert figures["shuffled_image_accuracy"] <= 0.60, figures

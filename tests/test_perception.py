@@ -1,0 +1,94 @@
+"""The perception check's probes and controls, the chance answerers, and count questions that
+a blind guess of "1" does not win."""
+import random
+from collections import Counter
+
+import pytest
+
+from reverie.evaluation.benchmarks import Item, multiple_choice_items, short_answers
+from reverie.evaluation.chance import BlindPrior, reference_rows
+from reverie.evaluation.perception import description_recall, existence_probes, shuffled
+from reverie.settings import WorldSettings
+from reverie.world import Scene, SceneObject, confusing_count, count_question_kind, partner_map, sample_world
+
+
+def obj(i, kind, color="red", size="small", row=0, col=0):
+    return SceneObject(i, kind, color, size, row, col, (0, 0, 1, 1))
+
+
+def test_existence_probes_are_balanced_and_true_of_the_scene():
+    world = WorldSettings(train_images=1, eval_images=60)
+    _, scenes = sample_world(world, seed=3)
+    questions, labels = existence_probes(scenes, world.kinds, partner_map(world))
+    assert sum(labels) * 2 == len(labels)
+    by_image = {s.image_id: s for s in scenes}
+    traps = 0
+    for q, label in zip(questions, labels):
+        scene = by_image[q.qid.split(":")[0]]
+        kind = q.qid.split(":")[1]
+        assert (kind in scene.kinds()) is label
+        assert f"Is there a {kind} in the image?" in q.text
+        traps += not label and kind in {partner_map(world).get(k) for k in scene.kinds()}
+    assert traps > 0  # absent co-occurring partners are asked
+
+
+def test_the_shuffled_control_moves_every_question_to_another_image():
+    world = WorldSettings(train_images=1, eval_images=10)
+    _, scenes = sample_world(world, seed=0)
+    questions, _ = existence_probes(scenes, world.kinds, partner_map(world))
+    moved = shuffled(questions)
+    assert [q.text for q in moved] == [q.text for q in questions]
+    assert all(m.image != q.image for m, q in zip(moved, questions))
+    assert Counter(m.image for m in moved) == Counter(q.image for q in questions)
+
+
+def test_description_recall_by_hand():
+    scene = Scene("x", "eval", 48, 48, 3, [obj(0, "circle", "red", "small", 0, 0), obj(1, "star", "blue", "large", 1, 1),
+                                           obj(2, "bar", "green", "small", 2, 2)])
+    text = ("The circle at the top left is small and red. The star at the center is small and blue. "
+            "The ring at the bottom right is small and green.")
+    figures = description_recall([scene], [text])
+    # circle: kind and attributes right; star: kind right, size wrong; bar: called a ring
+    assert figures["description_object_recall"] == pytest.approx(2 / 3)
+    assert figures["description_attribute_recall"] == pytest.approx(1 / 3)
+
+
+def test_count_questions_ask_repeated_kinds_and_draw_wrong_counts_evenly():
+    world = WorldSettings(train_images=1, eval_images=600)
+    _, scenes = sample_world(world, seed=0)
+    labels = Counter(i.label for i in short_answers(scenes, 0) if i.extra["category"] == "count")
+    share_of_one = labels["1"] / sum(labels.values())
+    assert share_of_one < 0.5, labels  # "1" is not the answer a blind guess wins with
+    assert labels["2"] + labels["3"] > 0.4 * sum(labels.values())
+    rng = random.Random(0)
+    wrong = Counter(confusing_count(1, rng) for _ in range(4000))
+    assert set(wrong) == {2, 3} and abs(wrong[2] - wrong[3]) < 300
+    wrong = Counter(confusing_count(2, rng) for _ in range(4000))
+    assert set(wrong) == {1, 3} and abs(wrong[1] - wrong[3]) < 300
+    scene = Scene("x", "eval", 48, 48, 3, [obj(0, "star"), obj(1, "star"), obj(2, "bar")])
+    asked = Counter(count_question_kind(scene, rng) for _ in range(1000))
+    assert asked["star"] > 700
+
+
+def test_the_blind_prior_learns_answers_from_train_items_without_images():
+    train = [Item("pope", f"t{i}", f"train/{i}.png", "Is there a circle in the image?", "yes" if i < 7 else "no",
+                  {"split": "random"}) for i in range(10)]
+    train += [Item("pope", f"u{i}", f"train/{i}.png", "Is there a ring in the image?", "no", {"split": "random"})
+              for i in range(3)]
+    # "red" is the right colour of the circle in two train questions of three, whatever its letter
+    for i, truth in enumerate(["red", "red", "blue"]):
+        train += multiple_choice_items("mmbench", f"m{i}", "train/0.png", "What color is the circle?",
+                                       ["blue", "red", "green", "white"], "ABCD"[["blue", "red", "green", "white"].index(truth)])
+    prior = BlindPrior(train)
+    ask = Item("pope", "e", "eval/0.png", "Is there a circle in the image?", "no", {"split": "random"})
+    assert prior.answer(ask) == "yes"
+    assert prior.answer(Item("pope", "e2", "eval/0.png", "Is there a ring in the image?", "yes", {"split": "random"})) == "no"
+    unseen = Item("pope", "e3", "eval/0.png", "Is there a star in the image?", "yes", {"split": "random"})
+    assert prior.answer(unseen) == "yes"  # never asked in train: the split's most common label (7 yes, 6 no)
+    evals = multiple_choice_items("mmbench", "q", "eval/1.png", "What color is the circle?",
+                                  ["green", "white", "red", "blue"], "C")
+    answers = [prior.answer(it) for it in evals]
+    assert [it.extra["options"]["ABCD".index(a)] for it, a in zip(evals, answers)] == ["red"] * 4
+    rows = reference_rows(train, [ask] + evals)
+    assert [r["answer"] for r in rows["always_yes"]] == ["yes"] * 5
+    assert rows["blind_prior"][0]["answer"] == "yes" and rows["blind_prior"][0]["label"] == "no"
