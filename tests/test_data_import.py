@@ -142,3 +142,30 @@ def test_image_folder_ids_and_deterministic_split(tmp_path):
     _image(root / "sub__c.png")
     with pytest.raises(ValueError, match="same image id 'sub__c'"):
         image_folder(root)
+
+
+def test_json_entries_come_with_their_lines_and_errors_name_file_and_line(tmp_path):
+    from reverie.io import DataFileError, iter_json_items, load_json_file, read_jsonl
+
+    path = tmp_path / "rows.json"
+    path.write_text('[\n  {"a": 1},\n\n  {"b": "x\\u2028y"}, 7\n]\n')
+    assert list(iter_json_items(path)) == [(2, 0, {"a": 1}), (4, 1, {"b": "x\u2028y"}), (4, 2, 7)]
+    path.write_text('{"k": [1,\n 2],\n "m": {}}')
+    assert [(line, key) for line, key, _ in iter_json_items(path)] == [(1, "k"), (3, "m")]
+    for text, line, what in [('[\n {"a": 1},\n {"a": 2\n]', 4, "not valid JSON"),
+                             ('[\n {"a": 1},\n', 3, "ends before"),
+                             ('[{"a": 1}] extra', 1, "text after the end"),
+                             ('"just a string"', 1, "expected a JSON list or object")]:
+        path.write_text(text)
+        with pytest.raises(DataFileError, match=rf"^{path}:{line}: .*{what}"):
+            list(iter_json_items(path))
+    path.write_text('{\n"a": 1,\n"b": tru\n}')
+    with pytest.raises(DataFileError, match=rf"^{path}:3: column 6: not valid JSON"):
+        load_json_file(path)
+    path.write_bytes(b'{"a": "ok"}\n{"b": "\xff"}\n')
+    with pytest.raises(DataFileError, match=rf"^{path}:2: unreadable JSON line"):
+        read_jsonl(path)
+    with pytest.raises(DataFileError, match=rf"^{path}:2: not UTF-8"):
+        load_json_file(path)
+    with pytest.raises(DataFileError, match=rf"^{tmp_path / 'none.json'}: file not found"):
+        load_json_file(tmp_path / "none.json")
