@@ -22,7 +22,6 @@ from .student.samples import (LLAVA, RESPONSE, SHAREGPT, ChatFormat, Conversatio
 from .teachers.scene_graph import LETTER, SHORT
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.)]\s+\S", re.M)
 
 
 class UnsafeImagePath(ValueError):
@@ -97,18 +96,73 @@ def image_folder(root: str | Path, eval_fraction: float = 0.1) -> list[ImageEntr
     return list(entries.values())
 
 
-# ---- the released REVERIE annotations -----------------------------------------------------
-def infer_question_type(question: str, correct_answer: str) -> str:
-    """The release does not label formats; the answer-format suffix and the answer tell."""
-    if LETTER in question or len(OPTION_LINE.findall(question)) >= 2:
+# ---- question formats, for answers that do not label them ---------------------------------
+LETTERS = "ABCDEFGH"
+# an option marker: "A." "A)" "(A)" starting a line, or "(A)" "A)" inline ("A." inline is too
+# often a sentence: "vitamin A. Then ...")
+OPTION_MARK = re.compile(r"^[ \t]*\(?([A-H])[.)]\s+|(?<=\s)\(?([A-H])\)\s+", re.M)
+LETTER_ANSWER = re.compile(r"^\(?([A-H])\)?(?:[.):]\s*(.*)|\s+(.*))?$", re.S)
+SHORT_ANSWER_WORDS = 3  # "2", "red", "the left side": a phrase, not a sentence
+
+
+def split_options(question: str) -> tuple[str, list[str]]:
+    """The stem and the options of a question that lists them in its text, on their own lines
+    ("A. cat") or inline ("(A) cat (B) dog"): markers A, B, C ... in order, at least two. A
+    question without such a list comes back whole, with no options."""
+    marks = list(OPTION_MARK.finditer(question))
+    for i, first in enumerate(marks):
+        if (first.group(1) or first.group(2)) != "A":
+            continue
+        run = [first]
+        for m in marks[i + 1:]:
+            if (m.group(1) or m.group(2)) == LETTERS[len(run)]:
+                run.append(m)
+        if len(run) < 2:
+            continue
+        last_end = question.find("\n", run[-1].end())  # the last option ends with its line:
+        last_end = len(question) if last_end < 0 else last_end  # an instruction may follow it
+        ends = [m.start() for m in run[1:]] + [last_end]
+        options = [question[m.end():end].strip().rstrip(",;.").strip() for m, end in zip(run, ends)]
+        if all(options):
+            return question[: first.start()].strip(), options
+    return question, []
+
+
+def option_letter(answer: str, options: list[str]) -> str | None:
+    """An answer to a multiple-choice question as its option letter: "B", "(B)", "B.", "B) dog"
+    or the text of an option ("dog"); None when it is neither."""
+    letters = LETTERS[: len(options)]
+    text = " ".join(str(answer).split())
+    norm = lambda t: t.strip().lower().rstrip(".")  # noqa: E731
+    for letter, option in zip(letters, options):
+        if norm(text) == norm(option):
+            return letter
+    m = LETTER_ANSWER.match(text)
+    if m and m.group(1) in letters:
+        return m.group(1)
+    return None
+
+
+def infer_question_type(question: str, correct_answer: str, options: list[str] | None = None,
+                        confusing_answer: str | None = None) -> str:
+    """The format of a question nobody labelled (the release does not; teachers asked with the
+    reference prompt do not): listed options make it multiple-choice, yes and no for answers
+    make it yes/no, LLaVA's short-answer suffix or an answer of a few words make it short,
+    and anything else is open-ended."""
+    if options or LETTER in question or split_options(question)[1]:
         return "multiple_choice"
-    if correct_answer.strip().lower().rstrip(".") in ("yes", "no"):
+    answers = {str(a).strip().lower().rstrip(".") for a in (correct_answer, confusing_answer) if a is not None}
+    if answers <= {"yes", "no"} and (confusing_answer is None or len(answers) == 2):
         return "yes_no"
     if SHORT in question:
+        return "short_answer"
+    answer = str(correct_answer).strip()
+    if len(answer.split()) <= SHORT_ANSWER_WORDS and not answer.endswith((".", "!", "?")):
         return "short_answer"
     return "open_ended"
 
 
+# ---- the released REVERIE annotations -----------------------------------------------------
 def import_reverie(json_path: str | Path, images_root: str | Path, eval_fraction: float = 0.0) -> tuple[list[dict], list[dict]]:
     """Released REVERIE JSON (a list of dicts with the published field names) as records.
     Returns (records, quarantined); raises `UnsafeImagePath` for an image outside the root."""

@@ -77,6 +77,23 @@ class OpenAITeacherSettings(Section):
     images_dir: str = "images"
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     cache_path: str = ".reverie/teacher_cache.sqlite"
+    # an unusable answer (no JSON, cut off, bad items) is asked again this many times, then quarantined
+    max_parse_retries: int = Field(2, ge=0)
+    # more than this share of the first `fail_fast_calls` requests failing stops the run
+    fail_fast_calls: int = Field(20, ge=1)
+    fail_fast_error_rate: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # httpx would refuse it on every call; say so before any work, naming the key
+            raise ValueError(f"{v!r} is not an http(s) URL with a host; write it with its scheme, "
+                             "e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
+        return v
 
 
 class LocalTeacherSettings(Section):
@@ -90,6 +107,7 @@ class LocalTeacherSettings(Section):
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     cache_path: str = ".reverie/teacher_cache.sqlite"
     device: str = "auto"  # "auto": the first CUDA device when there is one, else the CPU
+    max_parse_retries: int = Field(1, ge=0)  # greedy decoding answers a re-ask alike unless the feedback helps
 
 
 class AnnotationSettings(Section):
