@@ -11,6 +11,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from .io import write_json, write_jsonl
+from .settings import ParamsError
 from .records import filter_quality, make_record
 from .teachers.judge import SceneGraphJudge
 from .teachers.scene_graph import SceneGraphTeacher
@@ -161,7 +162,10 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
     name = params.generate.teacher
     out_dir, settings = Path(out_dir), getattr(params.generate, name)
     teach = teach or model_teacher(name)
-    entries = image_folder(settings.images_dir, settings.eval_fraction)
+    try:
+        entries = image_folder(settings.images_dir, settings.eval_fraction)
+    except FileNotFoundError as exc:  # a missing or empty folder: say which setting points there
+        raise ParamsError(f"generate.{name}.images_dir: {exc}") from None
     started = time.perf_counter()
     raw, failed, usage = teach(entries, params.generate, settings.cache_path, progress)
     elapsed = time.perf_counter() - started
@@ -177,7 +181,23 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
                             image_splits=[e.split for e in entries], failed=failed)
     if write_outputs:
         log_generation_run(params, result.metrics)
+    require_records(result, failed, out_dir, f"the {name} teacher", f"{len(entries)} images")
     return result
+
+
+def require_records(result: GenerateResult, quarantined: list[dict], out_dir: Path, source: str, inputs: str) -> None:
+    """A source that keeps no record is an error, not an empty success: the quarantine file is
+    written by then, and the message says where it is and what the commonest reasons were."""
+    if result.metrics["records"] > 0:
+        return
+    from collections import Counter
+
+    from .stage import StageFailed
+
+    reasons = Counter(q["reason"][:100] for q in quarantined)
+    top = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3)) or "no reasons recorded"
+    raise StageFailed(f"{source} kept no record from {inputs} ({result.metrics['raw_records']} made, "
+                      f"{result.metrics['quarantined']} quarantined: {top}); see {out_dir / 'records' / 'quarantine.jsonl'}")
 
 
 def log_generation_run(params, metrics: dict) -> None:

@@ -1,6 +1,6 @@
 """DVC stage `generate`: synthetic world + teacher + judge -> images, scene graphs, records."""
 from reverie.io import write_json
-from reverie.stage import params_from, parser, stage
+from reverie.stage import StageFailed, params_from, parser, stage
 
 
 def main() -> None:
@@ -18,7 +18,12 @@ def main() -> None:
 
             result = generate_sharded(args.params, args.out, params.generate.workers)
         else:
-            result = generate_dataset(params, args.out)
+            from reverie.teachers.openai_compat import TeacherConfigError
+
+            try:
+                result = generate_dataset(params, args.out)
+            except TeacherConfigError as exc:  # a dead endpoint, a rejected key: no image could succeed
+                raise StageFailed(str(exc)) from None
         write_json(args.metrics, result.metrics)
         m = result.metrics
         print(f"[generate] {m['records']} records kept of {m['raw_records']} ({m['quarantined']} quarantined); "
