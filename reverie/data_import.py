@@ -1,6 +1,7 @@
-"""Real data in and out: an image folder for a real teacher, the released REVERIE annotations,
-LLaVA-style conversation JSON (the paper tunes on LLaVA-665k + REVERIE), and exports of
-records and reflective samples as LLaVA and ShareGPT JSON.
+"""Real data in and out: an image folder for a real teacher, the question formats of answers
+that do not label them, LLaVA-style conversation JSON (the paper tunes on LLaVA-665k +
+REVERIE), and exports of records and reflective samples as LLaVA and ShareGPT JSON. The
+released REVERIE annotations are read by `release.py`.
 
 Every image path read from a file is resolved inside its images root; one that would escape
 it (`../`, an absolute path, a symlink out) is refused with `UnsafeImagePath`, because the
@@ -10,12 +11,11 @@ missing image) is quarantined with its reason, never silently dropped.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import PUBLISHED_FIELDS, QUESTION_TYPES
+from .io import load_json_file
 from .student.model import IMAGE_TOKEN
 from .student.samples import (LLAVA, RESPONSE, SHAREGPT, ChatFormat, Conversation, Turn, build_variant, chat_messages,
                               to_llava_json)
@@ -162,53 +162,6 @@ def infer_question_type(question: str, correct_answer: str, options: list[str] |
     return "open_ended"
 
 
-# ---- the released REVERIE annotations -----------------------------------------------------
-def import_reverie(json_path: str | Path, images_root: str | Path, eval_fraction: float = 0.0) -> tuple[list[dict], list[dict]]:
-    """Released REVERIE JSON (a list of dicts with the published field names) as records.
-    Returns (records, quarantined); raises `UnsafeImagePath` for an image outside the root."""
-    rows = json.loads(Path(json_path).read_text())
-    if not isinstance(rows, list):
-        raise ValueError(f"{json_path}: expected a JSON list of records")
-    records, quarantined = [], []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            quarantined.append({"reason": "not a JSON object", "index": i, "row": row})
-            continue
-        missing = [f for f in PUBLISHED_FIELDS if not str(row.get(f) or "").strip()]
-        if missing:
-            quarantined.append({"reason": f"missing field(s): {', '.join(missing)}", "index": i, "row": row})
-            continue
-        rel = str(row["image"])
-        try:
-            path = safe_image_path(images_root, rel)
-        except UnsafeImagePath as exc:
-            raise UnsafeImagePath(f"{json_path} record {i}: {exc}") from None
-        if not path.is_file():
-            quarantined.append({"reason": f"image {rel} not found under {images_root}", "index": i, "row": row})
-            continue
-        record_id = str(row.get("id") or f"reverie-{i}")
-        question_type = row.get("question_type") if row.get("question_type") in QUESTION_TYPES else \
-            infer_question_type(row["question"], str(row["correct_answer"]))
-        extra = {k: v for k, v in row.items() if k not in (*PUBLISHED_FIELDS, "id", "question_type")}
-        records.append({
-            "id": record_id,
-            **{f: str(row[f]) for f in PUBLISHED_FIELDS},
-            "image": Path(rel).as_posix(),
-            "question_type": question_type,
-            "reasoning": row.get("reasoning", "multi_step"),
-            "options": row.get("options"),
-            "split": split_for(Path(rel).as_posix(), eval_fraction),  # by image: no image in both splits
-            "judge": {"consistent": True, "reason": "released data (filtered by its authors)"},
-            "provenance": {"teacher": "reverie_release", "source": str(json_path), "source_fields": extra},
-        })
-    return records, quarantined
-
-
-def export_reverie(records: list[dict]) -> list[dict]:
-    """Records in the release's layout: id and the published fields."""
-    return [{"id": r["id"], **{f: r[f] for f in PUBLISHED_FIELDS}} for r in records]
-
-
 # ---- LLaVA and ShareGPT conversation JSON ---------------------------------------------------
 def _strip_image_token(text: str) -> str:
     return text.replace(f"{IMAGE_TOKEN}\n", "").replace(f"\n{IMAGE_TOKEN}", "").replace(IMAGE_TOKEN, "").strip()
@@ -259,7 +212,7 @@ def _read_conversations(rows, images_root, kind: str, parse) -> tuple[list[Conve
 
 def import_llava(json_path: str | Path, images_root: str | Path | None = None) -> tuple[list[Conversation], list[dict]]:
     """LLaVA conversation JSON (llava_v1_5_mix665k.json) as an extra training mix."""
-    rows = json.loads(Path(json_path).read_text())
+    rows = load_json_file(json_path)  # a syntax error names the file and line
     return _read_conversations(rows, images_root, "llava_mix", lambda row: _pairs(row, LLAVA))
 
 

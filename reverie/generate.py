@@ -53,6 +53,8 @@ def records_for_scene(scene: Scene, teacher, judge, generate, seed: int) -> list
 def generate_dataset(params, out_dir: str | Path, render_images: bool = True, progress: bool = True) -> GenerateResult:
     if params.generate.teacher in ("openai", "local"):
         return generate_from_image_folder(params, out_dir, render_images, progress)
+    if params.generate.teacher == "reverie_json":
+        return generate_from_release(params, out_dir, render_images)
     out_dir = Path(out_dir)
     world, generate = params.world, params.generate
     seed = params.project.seed
@@ -183,6 +185,66 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
         log_generation_run(params, result.metrics)
     require_records(result, failed, out_dir, f"the {name} teacher", f"{len(entries)} images")
     return result
+
+
+def generate_from_release(params, out_dir: str | Path, write_outputs: bool = True) -> GenerateResult:
+    """The same outputs from the released REVERIE annotations (`generate.reverie_json`):
+    entries checked one by one (release.py) with validate's length bounds, and the images
+    their records use linked (or copied) under `out_dir/images/<split>/`, where validate and
+    training look for them."""
+    from .data_import import image_id_for
+    from .release import import_reverie
+
+    settings = params.generate.reverie_json
+    out_dir, root, source = Path(out_dir), Path(settings.images_dir), Path(settings.path)
+    if not source.is_file():
+        raise ParamsError(f"generate.reverie_json.path: {source} is not a file")
+    if not root.is_dir():
+        raise ParamsError(f"generate.reverie_json.images_dir: images folder {root} does not exist")
+    started = time.perf_counter()
+    records, quarantined = import_reverie(source, root, settings.eval_fraction, lengths=params.validate_,
+                                          exclude_images=settings.exclude_images,
+                                          positive_prompt=settings.positive_prompt,
+                                          negative_prompt=settings.negative_prompt)
+    placed: dict[str, str] = {}  # release image path -> its path under the data root
+    splits = []
+    for r in records:
+        rel = r["image"]
+        if rel not in placed:
+            image_id = image_id_for(root, root / rel)  # "coco/train2017/x.jpg" -> "coco__train2017__x"
+            placed[rel] = f"images/{r['split']}/{image_id}{Path(rel).suffix.lower()}"
+            splits.append(r["split"])
+            if write_outputs:
+                link_or_copy(root / rel, out_dir / placed[rel])
+        r["provenance"]["source_image"] = rel
+        r["image"] = placed[rel]
+    if len(set(placed.values())) != len(placed):  # two release paths made safe to one name
+        raise ValueError(f"{source}: two image paths map to one file name under {out_dir / 'images'}; rename one")
+    elapsed = time.perf_counter() - started
+    from collections import Counter
+
+    rules = Counter(q["rule"] for q in quarantined)
+    metrics = {"filter_precision": float("nan"), "filter_recall": float("nan"), "release_images": len(placed),
+               **{f"release_quarantined_{rule}": n for rule, n in sorted(rules.items())}}
+    result = finish_dataset([], records, out_dir, elapsed, metrics, write_outputs, image_splits=splits,
+                            failed=quarantined)
+    require_records(result, quarantined, out_dir, f"the release {source}", f"{len(records) + len(quarantined)} entries")
+    return result
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """A hard link where the filesystem allows one (the release's images are large and many),
+    else a copy; an existing file of the same name is replaced."""
+    import os
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        dest.unlink()
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
 
 
 def require_records(result: GenerateResult, quarantined: list[dict], out_dir: Path, source: str, inputs: str) -> None:

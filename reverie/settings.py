@@ -110,6 +110,28 @@ class LocalTeacherSettings(Section):
     max_parse_retries: int = Field(1, ge=0)  # greedy decoding answers a re-ask alike unless the feedback helps
 
 
+class ReverieJsonSettings(Section):
+    """The released REVERIE annotations as the source of records (`teacher: reverie_json`):
+    the JSON file (the published instances or the authors' flat records) and the root its
+    image paths are relative to (coco/, vg/, scienceqa/ ...)."""
+
+    path: str = "reverie.json"
+    images_dir: str = "images"
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    # image paths containing any of these are dropped by rule (the authors drop OCR-VQA)
+    exclude_images: list[str] = ["ocr_vqa"]
+    # the second turns of the published instances, by which positive and negative ones are told apart
+    positive_prompt: str = "Explain why. Including any necessary facts or knowledge."
+    negative_prompt: str = "Explain why this answer is wrong: {confusing_answer}. Including any necessary facts or knowledge."
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _names_confusing_answer(cls, v: str) -> str:
+        if "{confusing_answer}" not in v:
+            raise ValueError("the negative prompt must contain the placeholder {confusing_answer}")
+        return v
+
+
 class AnnotationSettings(Section):
     """Real scene graphs for the scene-graph teacher: COCO instances JSON or Visual Genome
     objects/attributes JSON, and the folder of the images they describe."""
@@ -126,13 +148,14 @@ class AnnotationSettings(Section):
 
 
 class GenerateSettings(Section):
-    teacher: Literal["scene_graph", "openai", "local"] = "scene_graph"
-    judge: Literal["scene_graph", "openai", "local"] = "scene_graph"
+    teacher: Literal["scene_graph", "openai", "local", "reverie_json"] = "scene_graph"
+    judge: Literal["scene_graph", "openai", "local", "reverie_json"] = "scene_graph"
     questions_per_image: int = Field(4, ge=1, le=20)
     noise_rate: float = Field(0.05, ge=0, le=1)
     template_version: str = "sg-v1"
     openai: OpenAITeacherSettings = OpenAITeacherSettings()
     local: LocalTeacherSettings = LocalTeacherSettings()
+    reverie_json: ReverieJsonSettings = ReverieJsonSettings()
     annotations: AnnotationSettings | None = None  # None: the synthetic world
     # shards > 1: the stage runs flows/generate_fanout.py, one Prefect task per shard of
     # images on a local Dask cluster of `workers` processes; the records are the same
