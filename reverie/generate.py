@@ -262,6 +262,24 @@ def require_records(result: GenerateResult, quarantined: list[dict], out_dir: Pa
                       f"{result.metrics['quarantined']} quarantined: {top}); see {out_dir / 'records' / 'quarantine.jsonl'}")
 
 
+def preview_generation(params) -> dict:
+    """What `generate` would ask a paid teacher and what it would cost, without asking
+    (`python -m stages.generate --dry-run`; see teachers/preview.py)."""
+    name = params.generate.teacher
+    if name not in ("openai", "local"):
+        return {"teacher": name, "calls_to_pay": 0, "price_usd_max": 0.0,
+                "note": "this source asks no model: nothing to pay"}
+    from .data_import import image_folder
+    from .teachers.preview import preview_local, preview_openai
+
+    settings = getattr(params.generate, name)
+    try:
+        entries = image_folder(settings.images_dir, settings.eval_fraction)
+    except FileNotFoundError as exc:
+        raise ParamsError(f"generate.{name}.images_dir: {exc}") from None
+    return (preview_openai if name == "openai" else preview_local)(params.generate, entries)
+
+
 def log_generation_run(params, metrics: dict) -> None:
     """One MLflow run per generation by a model teacher, with its settings (the key's variable
     *name* only) and its usage and cost, beside the tuning runs of the same experiment."""

@@ -82,6 +82,12 @@ class OpenAITeacherSettings(Section):
     # more than this share of the first `fail_fast_calls` requests failing stops the run
     fail_fast_calls: int = Field(20, ge=1)
     fail_fast_error_rate: float = Field(0.5, ge=0, le=1)
+    # "batch": through the provider's batch endpoint (upload, poll, download; about half the price)
+    mode: Literal["online", "batch"] = "online"
+    batch_poll_s: float = Field(30.0, gt=0)
+    batch_max_requests: int = Field(50_000, ge=1)  # per batch file (OpenAI's limit)
+    batch_max_mb: float = Field(190.0, gt=0)  # per batch file (OpenAI's limit is 200 MB)
+    batch_price_factor: float = Field(0.5, gt=0, le=1)  # batch price / online price, for the cost estimates
 
     @field_validator("base_url")
     @classmethod

@@ -20,7 +20,8 @@ its reason and raw text.
 It stops early instead of quarantining a whole run: a base URL that is not http(s), a server
 that cannot be reached, a 401/403/404, or more than `fail_fast_error_rate` of the first
 `fail_fast_calls` requests failing each end the run within seconds with a
-`TeacherConfigError` that names the URL and the params key.
+`TeacherConfigError` that names the URL and the params key. With `mode: batch` the same
+steps go through the provider's batch endpoint instead (`batch.py`), with the same cache.
 
 The API key is read from the environment at start-up and sent only in a request header; it
 is scrubbed from every error message.
@@ -235,7 +236,8 @@ class Endpoint:
             except (TimeoutError, httpx.HTTPError):
                 pass  # it accepted the connection; slow or odd answers are for the real calls to judge
 
-    async def request(self, method: str, path: str, *, read, what: str, limit=None, **kwargs):
+    async def request(self, method: str, path: str, *, read, what: str, limit=None, retries: int | None = None,
+                      **kwargs):
         """`read(response, budget)` of the first 200 answer, retrying time-outs, connection
         errors, 408/409/425/429 and 5xx (and a 200 that `read` cannot use) with back-off.
         `limit()` (awaited before each attempt) returns the token budget entry to settle;
@@ -246,7 +248,8 @@ class Endpoint:
                     await self.check_reachable()
                     self.reached = True
         problem = "no attempt made"
-        for attempt in range(self.s.max_retries + 1):
+        retries = self.s.max_retries if retries is None else retries
+        for attempt in range(retries + 1):
             self.watch.check()
             retry_after, counted = None, True
             async with self._lane() as http:
@@ -282,14 +285,14 @@ class Endpoint:
                         raise TeacherError(f"HTTP {status} from {what}: {self.scrub(response.text[:300])}")
             if counted:
                 self.watch.record(problem)
-            if attempt == self.s.max_retries:
+            if attempt == retries:
                 break
             self.usage.retries += 1
             # exponential back-off with jitter, so that concurrent callers do not retry in step;
             # a server's Retry-After is a floor (it knows its own quota window)
             delay = min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
             await asyncio.sleep(max(delay, retry_after or 0.0))
-        raise TeacherError(f"{what}: gave up after {self.s.max_retries + 1} attempt(s), last: {problem}")
+        raise TeacherError(f"{what}: gave up after {retries + 1} attempt(s), last: {problem}")
 
     @asynccontextmanager
     async def _lane(self):
@@ -544,14 +547,24 @@ async def agenerate_with_openai(images, generate, cache_path: str | Path | None 
     with CallCache(cache_path or settings.cache_path) as cache:
         async with open_lanes(settings) as lanes:
             endpoint = Endpoint(settings, lanes, usage)
-            client = ChatClient(settings, cache, endpoint)
-            teacher = OpenAITeacher(generate, client)
-            # bounds the images in progress (and their base64 copies in memory) while keeping
-            # enough work queued to fill every request slot
-            results = await teach_images(teacher, entries, 2 * settings.concurrency, progress)
+            if settings.mode == "batch":
+                from .batch import BatchClient
+
+                client = BatchClient(settings, cache, endpoint)
+                teacher = OpenAITeacher(generate, client)
+                async with client.running():
+                    # every image of a batch at once: it holds what all of them ask at each step
+                    in_flight = max(1, min(len(entries), settings.batch_max_requests))
+                    results = await teach_images(teacher, entries, in_flight, progress)
+            else:
+                client = ChatClient(settings, cache, endpoint)
+                teacher = OpenAITeacher(generate, client)
+                # bounds the images in progress (and their base64 copies in memory) while keeping
+                # enough work queued to fill every request slot
+                results = await teach_images(teacher, entries, 2 * settings.concurrency, progress)
     records = [r for rs, _ in results for r in rs]
     quarantined = [q for _, qs in results for q in qs]
-    metrics = {**asdict(usage), "quarantined": len(quarantined),
+    metrics = {**asdict(usage), **getattr(client, "batch_usage", {}), "quarantined": len(quarantined),
                "images": len(entries), "records": len(records), "seconds": time.perf_counter() - started}
     return records, quarantined, metrics
 
