@@ -55,6 +55,13 @@ class BatchServer(ThreadingHTTPServer):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (a time-out, a killed run) is not news; anything else is."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
     def start(self) -> "BatchServer":
         threading.Thread(target=self.serve_forever, daemon=True).start()
         return self

@@ -217,6 +217,13 @@ class ChatServer(ThreadingHTTPServer):
         self.hold_after = None
         self.released.set()
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (a time-out, a killed run) is not news; anything else is."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
     def start(self) -> "ChatServer":
         threading.Thread(target=self.serve_forever, daemon=True).start()
         return self
@@ -288,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
             held = srv.hold_after is not None and srv.admitted >= srv.hold_after
             srv.admitted += not held
             srv.requests.append({"model": model, "sha": sha, "t": time.monotonic(), "messages": body["messages"],
-                                 "status": fault.status, "held": held})
+                                 "status": fault.status, "held": held, "delay_s": fault.delay_s})
         try:
             if held:  # the run is about to be killed: never answer this one
                 srv.released.wait(30)

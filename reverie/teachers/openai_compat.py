@@ -254,6 +254,7 @@ class Endpoint:
             retry_after, counted = None, True
             async with self._lane() as http:
                 budget = await limit() if limit is not None else None
+                self.watch.check()  # the endpoint may have been judged broken while this call waited
                 self.usage.requests += 1
                 try:
                     async with asyncio.timeout(self.s.timeout_s):  # a total deadline, not per read
