@@ -13,7 +13,6 @@ box stands for an unknown number of objects, so counts would be wrong).
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from itertools import combinations
 from pathlib import Path
 
 from .data_import import image_files, image_id_for, safe_image_path, split_for, stable_fraction
+from .io import load_json_file
 from .world import Scene, SceneObject
 
 GRID = 3
@@ -110,7 +110,7 @@ def _finish(candidates: list[tuple[Scene, Path]], kinds: list[str], settings, sk
 def read_coco(settings) -> AnnotatedScenes:
     """COCO instances JSON: `images` (id, file_name, width, height), `annotations` (image_id,
     category_id, bbox as x, y, w, h, iscrowd) and `categories` (id, name)."""
-    data = json.loads(Path(settings.path).read_text())
+    data = load_json_file(settings.path)  # a syntax error names the file and line
     categories = {c["id"]: kind_name(c["name"]) for c in data.get("categories", [])}
     by_image: dict = {}
     for a in data.get("annotations", []):
@@ -180,7 +180,7 @@ def read_visual_genome(settings) -> AnnotatedScenes:
     """Visual Genome `objects.json` or `attributes.json` (a list of images, each with `objects`
     or `attributes`: boxes x, y, w, h with `names` and, in the latter, `attributes`). The
     images are `<image_id>.<ext>` anywhere under `images_dir` (VG_100K, VG_100K_2)."""
-    rows = json.loads(Path(settings.path).read_text())
+    rows = load_json_file(settings.path)
     root = Path(settings.images_dir)
     files: dict[str, Path] = {}
     for path in image_files(root):  # refuses a symlink out of the root

@@ -1,6 +1,7 @@
-"""Real data in and out: an image folder for a real teacher, the released REVERIE annotations,
-LLaVA-style conversation JSON (the paper tunes on LLaVA-665k + REVERIE), and exports of
-records and reflective samples as LLaVA and ShareGPT JSON.
+"""Real data in and out: an image folder for a real teacher, the question formats of answers
+that do not label them, LLaVA-style conversation JSON (the paper tunes on LLaVA-665k +
+REVERIE), and exports of records and reflective samples as LLaVA and ShareGPT JSON. The
+released REVERIE annotations are read by `release.py`.
 
 Every image path read from a file is resolved inside its images root; one that would escape
 it (`../`, an absolute path, a symlink out) is refused with `UnsafeImagePath`, because the
@@ -10,19 +11,17 @@ missing image) is quarantined with its reason, never silently dropped.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import PUBLISHED_FIELDS, QUESTION_TYPES
+from .io import load_json_file
 from .student.model import IMAGE_TOKEN
 from .student.samples import (LLAVA, RESPONSE, SHAREGPT, ChatFormat, Conversation, Turn, build_variant, chat_messages,
                               to_llava_json)
 from .teachers.scene_graph import LETTER, SHORT
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.)]\s+\S", re.M)
 
 
 class UnsafeImagePath(ValueError):
@@ -97,62 +96,70 @@ def image_folder(root: str | Path, eval_fraction: float = 0.1) -> list[ImageEntr
     return list(entries.values())
 
 
-# ---- the released REVERIE annotations -----------------------------------------------------
-def infer_question_type(question: str, correct_answer: str) -> str:
-    """The release does not label formats; the answer-format suffix and the answer tell."""
-    if LETTER in question or len(OPTION_LINE.findall(question)) >= 2:
+# ---- question formats, for answers that do not label them ---------------------------------
+LETTERS = "ABCDEFGH"
+# an option marker: "A." "A)" "(A)" starting a line, or "(A)" "A)" inline ("A." inline is too
+# often a sentence: "vitamin A. Then ...")
+OPTION_MARK = re.compile(r"^[ \t]*\(?([A-H])[.)]\s+|(?<=\s)\(?([A-H])\)\s+", re.M)
+LETTER_ANSWER = re.compile(r"^\(?([A-H])\)?(?:[.):]\s*(.*)|\s+(.*))?$", re.S)
+SHORT_ANSWER_WORDS = 3  # "2", "red", "the left side": a phrase, not a sentence
+
+
+def split_options(question: str) -> tuple[str, list[str]]:
+    """The stem and the options of a question that lists them in its text, on their own lines
+    ("A. cat") or inline ("(A) cat (B) dog"): markers A, B, C ... in order, at least two. A
+    question without such a list comes back whole, with no options."""
+    marks = list(OPTION_MARK.finditer(question))
+    for i, first in enumerate(marks):
+        if (first.group(1) or first.group(2)) != "A":
+            continue
+        run = [first]
+        for m in marks[i + 1:]:
+            if (m.group(1) or m.group(2)) == LETTERS[len(run)]:
+                run.append(m)
+        if len(run) < 2:
+            continue
+        last_end = question.find("\n", run[-1].end())  # the last option ends with its line:
+        last_end = len(question) if last_end < 0 else last_end  # an instruction may follow it
+        ends = [m.start() for m in run[1:]] + [last_end]
+        options = [question[m.end():end].strip().rstrip(",;.").strip() for m, end in zip(run, ends)]
+        if all(options):
+            return question[: first.start()].strip(), options
+    return question, []
+
+
+def option_letter(answer: str, options: list[str]) -> str | None:
+    """An answer to a multiple-choice question as its option letter: "B", "(B)", "B.", "B) dog"
+    or the text of an option ("dog"); None when it is neither."""
+    letters = LETTERS[: len(options)]
+    text = " ".join(str(answer).split())
+    norm = lambda t: t.strip().lower().rstrip(".")  # noqa: E731
+    for letter, option in zip(letters, options):
+        if norm(text) == norm(option):
+            return letter
+    m = LETTER_ANSWER.match(text)
+    if m and m.group(1) in letters:
+        return m.group(1)
+    return None
+
+
+def infer_question_type(question: str, correct_answer: str, options: list[str] | None = None,
+                        confusing_answer: str | None = None) -> str:
+    """The format of a question nobody labelled (the release does not; teachers asked with the
+    reference prompt do not): listed options make it multiple-choice, yes and no for answers
+    make it yes/no, LLaVA's short-answer suffix or an answer of a few words make it short,
+    and anything else is open-ended."""
+    if options or LETTER in question or split_options(question)[1]:
         return "multiple_choice"
-    if correct_answer.strip().lower().rstrip(".") in ("yes", "no"):
+    answers = {str(a).strip().lower().rstrip(".") for a in (correct_answer, confusing_answer) if a is not None}
+    if answers <= {"yes", "no"} and (confusing_answer is None or len(answers) == 2):
         return "yes_no"
     if SHORT in question:
         return "short_answer"
+    answer = str(correct_answer).strip()
+    if len(answer.split()) <= SHORT_ANSWER_WORDS and not answer.endswith((".", "!", "?")):
+        return "short_answer"
     return "open_ended"
-
-
-def import_reverie(json_path: str | Path, images_root: str | Path, eval_fraction: float = 0.0) -> tuple[list[dict], list[dict]]:
-    """Released REVERIE JSON (a list of dicts with the published field names) as records.
-    Returns (records, quarantined); raises `UnsafeImagePath` for an image outside the root."""
-    rows = json.loads(Path(json_path).read_text())
-    if not isinstance(rows, list):
-        raise ValueError(f"{json_path}: expected a JSON list of records")
-    records, quarantined = [], []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            quarantined.append({"reason": "not a JSON object", "index": i, "row": row})
-            continue
-        missing = [f for f in PUBLISHED_FIELDS if not str(row.get(f) or "").strip()]
-        if missing:
-            quarantined.append({"reason": f"missing field(s): {', '.join(missing)}", "index": i, "row": row})
-            continue
-        rel = str(row["image"])
-        try:
-            path = safe_image_path(images_root, rel)
-        except UnsafeImagePath as exc:
-            raise UnsafeImagePath(f"{json_path} record {i}: {exc}") from None
-        if not path.is_file():
-            quarantined.append({"reason": f"image {rel} not found under {images_root}", "index": i, "row": row})
-            continue
-        record_id = str(row.get("id") or f"reverie-{i}")
-        question_type = row.get("question_type") if row.get("question_type") in QUESTION_TYPES else \
-            infer_question_type(row["question"], str(row["correct_answer"]))
-        extra = {k: v for k, v in row.items() if k not in (*PUBLISHED_FIELDS, "id", "question_type")}
-        records.append({
-            "id": record_id,
-            **{f: str(row[f]) for f in PUBLISHED_FIELDS},
-            "image": Path(rel).as_posix(),
-            "question_type": question_type,
-            "reasoning": row.get("reasoning", "multi_step"),
-            "options": row.get("options"),
-            "split": split_for(Path(rel).as_posix(), eval_fraction),  # by image: no image in both splits
-            "judge": {"consistent": True, "reason": "released data (filtered by its authors)"},
-            "provenance": {"teacher": "reverie_release", "source": str(json_path), "source_fields": extra},
-        })
-    return records, quarantined
-
-
-def export_reverie(records: list[dict]) -> list[dict]:
-    """Records in the release's layout: id and the published fields."""
-    return [{"id": r["id"], **{f: r[f] for f in PUBLISHED_FIELDS}} for r in records]
 
 
 # ---- LLaVA and ShareGPT conversation JSON ---------------------------------------------------
@@ -205,7 +212,7 @@ def _read_conversations(rows, images_root, kind: str, parse) -> tuple[list[Conve
 
 def import_llava(json_path: str | Path, images_root: str | Path | None = None) -> tuple[list[Conversation], list[dict]]:
     """LLaVA conversation JSON (llava_v1_5_mix665k.json) as an extra training mix."""
-    rows = json.loads(Path(json_path).read_text())
+    rows = load_json_file(json_path)  # a syntax error names the file and line
     return _read_conversations(rows, images_root, "llava_mix", lambda row: _pairs(row, LLAVA))
 
 

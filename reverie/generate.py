@@ -11,6 +11,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from .io import write_json, write_jsonl
+from .settings import ParamsError
 from .records import filter_quality, make_record
 from .teachers.judge import SceneGraphJudge
 from .teachers.scene_graph import SceneGraphTeacher
@@ -52,6 +53,8 @@ def records_for_scene(scene: Scene, teacher, judge, generate, seed: int) -> list
 def generate_dataset(params, out_dir: str | Path, render_images: bool = True, progress: bool = True) -> GenerateResult:
     if params.generate.teacher in ("openai", "local"):
         return generate_from_image_folder(params, out_dir, render_images, progress)
+    if params.generate.teacher == "reverie_json":
+        return generate_from_release(params, out_dir, render_images)
     out_dir = Path(out_dir)
     world, generate = params.world, params.generate
     seed = params.project.seed
@@ -161,7 +164,10 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
     name = params.generate.teacher
     out_dir, settings = Path(out_dir), getattr(params.generate, name)
     teach = teach or model_teacher(name)
-    entries = image_folder(settings.images_dir, settings.eval_fraction)
+    try:
+        entries = image_folder(settings.images_dir, settings.eval_fraction)
+    except FileNotFoundError as exc:  # a missing or empty folder: say which setting points there
+        raise ParamsError(f"generate.{name}.images_dir: {exc}") from None
     started = time.perf_counter()
     raw, failed, usage = teach(entries, params.generate, settings.cache_path, progress)
     elapsed = time.perf_counter() - started
@@ -177,7 +183,101 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
                             image_splits=[e.split for e in entries], failed=failed)
     if write_outputs:
         log_generation_run(params, result.metrics)
+    require_records(result, failed, out_dir, f"the {name} teacher", f"{len(entries)} images")
     return result
+
+
+def generate_from_release(params, out_dir: str | Path, write_outputs: bool = True) -> GenerateResult:
+    """The same outputs from the released REVERIE annotations (`generate.reverie_json`):
+    entries checked one by one (release.py) with validate's length bounds, and the images
+    their records use linked (or copied) under `out_dir/images/<split>/`, where validate and
+    training look for them."""
+    from .data_import import image_id_for
+    from .release import import_reverie
+
+    settings = params.generate.reverie_json
+    out_dir, root, source = Path(out_dir), Path(settings.images_dir), Path(settings.path)
+    if not source.is_file():
+        raise ParamsError(f"generate.reverie_json.path: {source} is not a file")
+    if not root.is_dir():
+        raise ParamsError(f"generate.reverie_json.images_dir: images folder {root} does not exist")
+    started = time.perf_counter()
+    records, quarantined = import_reverie(source, root, settings.eval_fraction, lengths=params.validate_,
+                                          exclude_images=settings.exclude_images,
+                                          positive_prompt=settings.positive_prompt,
+                                          negative_prompt=settings.negative_prompt)
+    placed: dict[str, str] = {}  # release image path -> its path under the data root
+    splits = []
+    for r in records:
+        rel = r["image"]
+        if rel not in placed:
+            image_id = image_id_for(root, root / rel)  # "coco/train2017/x.jpg" -> "coco__train2017__x"
+            placed[rel] = f"images/{r['split']}/{image_id}{Path(rel).suffix.lower()}"
+            splits.append(r["split"])
+            if write_outputs:
+                link_or_copy(root / rel, out_dir / placed[rel])
+        r["provenance"]["source_image"] = rel
+        r["image"] = placed[rel]
+    if len(set(placed.values())) != len(placed):  # two release paths made safe to one name
+        raise ValueError(f"{source}: two image paths map to one file name under {out_dir / 'images'}; rename one")
+    elapsed = time.perf_counter() - started
+    from collections import Counter
+
+    rules = Counter(q["rule"] for q in quarantined)
+    metrics = {"filter_precision": float("nan"), "filter_recall": float("nan"), "release_images": len(placed),
+               **{f"release_quarantined_{rule}": n for rule, n in sorted(rules.items())}}
+    result = finish_dataset([], records, out_dir, elapsed, metrics, write_outputs, image_splits=splits,
+                            failed=quarantined)
+    require_records(result, quarantined, out_dir, f"the release {source}", f"{len(records) + len(quarantined)} entries")
+    return result
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """A hard link where the filesystem allows one (the release's images are large and many),
+    else a copy; an existing file of the same name is replaced."""
+    import os
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        dest.unlink()
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def require_records(result: GenerateResult, quarantined: list[dict], out_dir: Path, source: str, inputs: str) -> None:
+    """A source that keeps no record is an error, not an empty success: the quarantine file is
+    written by then, and the message says where it is and what the commonest reasons were."""
+    if result.metrics["records"] > 0:
+        return
+    from collections import Counter
+
+    from .stage import StageFailed
+
+    reasons = Counter(q["reason"][:100] for q in quarantined)
+    top = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3)) or "no reasons recorded"
+    raise StageFailed(f"{source} kept no record from {inputs} ({result.metrics['raw_records']} made, "
+                      f"{result.metrics['quarantined']} quarantined: {top}); see {out_dir / 'records' / 'quarantine.jsonl'}")
+
+
+def preview_generation(params) -> dict:
+    """What `generate` would ask a paid teacher and what it would cost, without asking
+    (`python -m stages.generate --dry-run`; see teachers/preview.py)."""
+    name = params.generate.teacher
+    if name not in ("openai", "local"):
+        return {"teacher": name, "calls_to_pay": 0, "price_usd_max": 0.0,
+                "note": "this source asks no model: nothing to pay"}
+    from .data_import import image_folder
+    from .teachers.preview import preview_local, preview_openai
+
+    settings = getattr(params.generate, name)
+    try:
+        entries = image_folder(settings.images_dir, settings.eval_fraction)
+    except FileNotFoundError as exc:
+        raise ParamsError(f"generate.{name}.images_dir: {exc}") from None
+    return (preview_openai if name == "openai" else preview_local)(params.generate, entries)
 
 
 def log_generation_run(params, metrics: dict) -> None:

@@ -1,12 +1,14 @@
 """Atomic file output: write to a temporary sibling, then rename, so that a stage killed
-half-way never leaves a half-written file that a later stage would trust. And the digest of a
-model folder that cached teacher answers and training checkpoints are keyed by."""
+half-way never leaves a half-written file that a later stage would trust. Reading data files
+so that every error names the file and the line. And the digest of a model folder that cached
+teacher answers and training checkpoints are keyed by."""
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -81,10 +83,101 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-class BadLine(ValueError):
+class DataFileError(ValueError):
+    """A data file that cannot be read as it should: the message names the file and, where
+    there is one, the line, so that the person who has the file can open it there."""
+
+    def __init__(self, path: str | Path, line: int | None, reason: str):
+        super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
+        self.path, self.line, self.reason = Path(path), line, reason
+
+
+class BadLine(DataFileError):
     def __init__(self, path: Path, line_no: int, reason: str, text: str):
-        super().__init__(f"{path}:{line_no}: {reason}")
-        self.path, self.line_no, self.reason, self.text = path, line_no, reason, text
+        super().__init__(path, line_no, reason)
+        self.line_no, self.text = line_no, text
+
+
+def read_text_file(path: str | Path) -> str:
+    """A UTF-8 text file; a missing file or bytes that are not UTF-8 name the file (and the line)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataFileError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataFileError(path, None, "is a folder, not a file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFileError(path, line, f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def load_json_file(path: str | Path):
+    """A JSON file; a syntax error names the file, the line and the column."""
+    path = Path(path)
+    try:
+        return json.loads(read_text_file(path))
+    except json.JSONDecodeError as exc:
+        raise DataFileError(path, exc.lineno, f"column {exc.colno}: not valid JSON ({exc.msg})") from None
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def iter_json_items(path: str | Path) -> Iterator[tuple[int, int | str, object]]:
+    """The elements of a JSON file whose top level is a list (index, element) or an object
+    (key, value), each with the line it starts on, so that a problem with one entry of a
+    large file can be reported where the entry is. A syntax error names the file and line."""
+    path = Path(path)
+    text = read_text_file(path)
+    decoder = json.JSONDecoder()
+    pos = _SPACE.match(text, 0).end()
+    line, counted = 1, 0
+
+    def line_at(at: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, at)
+        counted = at
+        return line
+
+    def fail(at: int, reason: str):
+        return DataFileError(path, line_at(at), reason)
+
+    if pos >= len(text) or text[pos] not in "[{":
+        raise fail(pos, "expected a JSON list or object at the top level")
+    is_object, closing = text[pos] == "{", "]" if text[pos] == "[" else "}"
+    pos = _SPACE.match(text, pos + 1).end()
+    index = 0
+    while pos < len(text) and text[pos] != closing:
+        start = pos
+        try:
+            if is_object:
+                key, pos = decoder.raw_decode(text, pos)
+                if not isinstance(key, str):
+                    raise fail(start, "expected a string key")
+                pos = _SPACE.match(text, pos).end()
+                if text[pos:pos + 1] != ":":
+                    raise fail(pos, "expected ':' after a key")
+                pos = _SPACE.match(text, pos + 1).end()
+            else:
+                key = index
+            entry_line = line_at(pos)
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(path, exc.lineno, f"column {exc.colno}: not valid JSON ({exc.msg})") from None
+        yield entry_line, key, value
+        index += 1
+        pos = _SPACE.match(text, pos).end()
+        if text[pos:pos + 1] == ",":
+            pos = _SPACE.match(text, pos + 1).end()
+        elif text[pos:pos + 1] != closing:
+            raise fail(pos, f"expected ',' or '{closing}' after an entry")
+    if pos >= len(text):
+        raise fail(len(text), f"the file ends before its top-level '{closing}' (truncated?)")
+    if _SPACE.match(text, pos + 1).end() != len(text):
+        raise fail(pos + 1, "text after the end of the top-level JSON value")
 
 
 def read_jsonl(path: str | Path, on_bad_line=None) -> list[dict]:
@@ -92,16 +185,21 @@ def read_jsonl(path: str | Path, on_bad_line=None) -> list[dict]:
     (which quarantines it) when one is given; it is never silently skipped."""
     path = Path(path)
     rows = []
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    try:
+        f = path.open("rb")  # bytes, split at \n only: JSON strings may hold U+2028 and other line breaks
+    except FileNotFoundError:
+        raise DataFileError(path, None, "file not found") from None
+    with f:
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
                 if not isinstance(row, dict):
                     raise ValueError("a JSON object was expected")
-            except ValueError as exc:
-                bad = BadLine(path, line_no, f"unreadable JSON line ({exc})", line.rstrip("\n"))
+            except ValueError as exc:  # UnicodeDecodeError is one
+                bad = BadLine(path, line_no, f"unreadable JSON line ({exc})", line)
                 if on_bad_line is None:
                     raise bad from None
                 on_bad_line(bad)

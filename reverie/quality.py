@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from .records import PUBLISHED_FIELDS, QUESTION_TYPES
+from .records import PUBLISHED_FIELDS, QUESTION_TYPES, length_rules
 
 YES_NO = {"yes", "no"}
 
@@ -77,12 +77,8 @@ def rule_columns(df: pd.DataFrame, settings, data_root: Path) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     text = lambda col: df[col].fillna("").astype(str)  # noqa: E731
     out["fields_present"] = pd.concat([text(c).str.strip().ne("") for c in ("id", *PUBLISHED_FIELDS)], axis=1).all(axis=1)
-    q = text("question").str.len()
-    out["question_length_ok"] = q.between(s.min_question_chars, s.max_question_chars)
-    out["answer_length_ok"] = text("correct_answer").str.len().between(1, s.max_answer_chars) & \
-        text("confusing_answer").str.len().between(1, s.max_answer_chars)
-    out["rationale_length_ok"] = text("correct_rationale").str.len().between(s.min_rationale_chars, s.max_rationale_chars) & \
-        text("incorrect_rationale").str.len().between(s.min_rationale_chars, s.max_rationale_chars)
+    for rule, fields, low, high, _ in length_rules(s):  # the same bounds the release importer applies
+        out[rule] = pd.concat([text(f).str.len().between(low, high) for f in fields], axis=1).all(axis=1)
     out["answers_differ"] = [_norm(a) != _norm(b) for a, b in zip(df["correct_answer"], df["confusing_answer"])]
 
     def choice_ok(row) -> bool:

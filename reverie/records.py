@@ -37,3 +37,26 @@ def filter_quality(raw: list[dict]) -> dict:
         "filter_precision": both / n_flagged if n_flagged else 1.0,
         "filter_recall": both / n_injected if n_injected else 1.0,
     }
+
+
+def length_rules(settings) -> list[tuple[str, tuple[str, ...], int, int, str]]:
+    """validate's length bounds (a `ValidateSettings`), as (rule, fields, min, max, params key):
+    the quality suite checks them, and the importer of released data quarantines by them."""
+    s = settings
+    return [("question_length_ok", ("question",), s.min_question_chars, s.max_question_chars,
+             "validate.min_question_chars/max_question_chars"),
+            ("answer_length_ok", ("correct_answer", "confusing_answer"), 1, s.max_answer_chars,
+             "validate.max_answer_chars"),
+            ("rationale_length_ok", ("correct_rationale", "incorrect_rationale"), s.min_rationale_chars,
+             s.max_rationale_chars, "validate.min_rationale_chars/max_rationale_chars")]
+
+
+def length_problems(record: dict, settings) -> list[str]:
+    """The fields of `record` whose length breaks one of validate's bounds."""
+    problems = []
+    for _, fields, low, high, key in length_rules(settings):
+        for f in fields:
+            n = len(str(record.get(f) or ""))
+            if not low <= n <= high:
+                problems.append(f"{f} has {n} characters, outside {low}-{high} ({key})")
+    return problems

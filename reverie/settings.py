@@ -78,6 +78,29 @@ class OpenAITeacherSettings(Section):
     images_dir: str = "images"
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     cache_path: str = ".reverie/teacher_cache.sqlite"
+    # an unusable answer (no JSON, cut off, bad items) is asked again this many times, then quarantined
+    max_parse_retries: int = Field(2, ge=0)
+    # more than this share of the first `fail_fast_calls` requests failing stops the run
+    fail_fast_calls: int = Field(20, ge=1)
+    fail_fast_error_rate: float = Field(0.5, ge=0, le=1)
+    # "batch": through the provider's batch endpoint (upload, poll, download; about half the price)
+    mode: Literal["online", "batch"] = "online"
+    batch_poll_s: float = Field(30.0, gt=0)
+    batch_max_requests: int = Field(50_000, ge=1)  # per batch file (OpenAI's limit)
+    batch_max_mb: float = Field(190.0, gt=0)  # per batch file (OpenAI's limit is 200 MB)
+    batch_price_factor: float = Field(0.5, gt=0, le=1)  # batch price / online price, for the cost estimates
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # httpx would refuse it on every call; say so before any work, naming the key
+            raise ValueError(f"{v!r} is not an http(s) URL with a host; write it with its scheme, "
+                             "e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
+        return v
 
 
 class LocalTeacherSettings(Section):
@@ -91,6 +114,29 @@ class LocalTeacherSettings(Section):
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     cache_path: str = ".reverie/teacher_cache.sqlite"
     device: str = "auto"  # "auto": the first CUDA device when there is one, else the CPU
+    max_parse_retries: int = Field(1, ge=0)  # greedy decoding answers a re-ask alike unless the feedback helps
+
+
+class ReverieJsonSettings(Section):
+    """The released REVERIE annotations as the source of records (`teacher: reverie_json`):
+    the JSON file (the published instances or the authors' flat records) and the root its
+    image paths are relative to (coco/, vg/, scienceqa/ ...)."""
+
+    path: str = "reverie.json"
+    images_dir: str = "images"
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    # image paths containing any of these are dropped by rule (the authors drop OCR-VQA)
+    exclude_images: list[str] = ["ocr_vqa"]
+    # the second turns of the published instances, by which positive and negative ones are told apart
+    positive_prompt: str = "Explain why. Including any necessary facts or knowledge."
+    negative_prompt: str = "Explain why this answer is wrong: {confusing_answer}. Including any necessary facts or knowledge."
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _names_confusing_answer(cls, v: str) -> str:
+        if "{confusing_answer}" not in v:
+            raise ValueError("the negative prompt must contain the placeholder {confusing_answer}")
+        return v
 
 
 class AnnotationSettings(Section):
@@ -109,13 +155,14 @@ class AnnotationSettings(Section):
 
 
 class GenerateSettings(Section):
-    teacher: Literal["scene_graph", "openai", "local"] = "scene_graph"
-    judge: Literal["scene_graph", "openai", "local"] = "scene_graph"
+    teacher: Literal["scene_graph", "openai", "local", "reverie_json"] = "scene_graph"
+    judge: Literal["scene_graph", "openai", "local", "reverie_json"] = "scene_graph"
     questions_per_image: int = Field(4, ge=1, le=20)
     noise_rate: float = Field(0.05, ge=0, le=1)
     template_version: str = "sg-v1"
     openai: OpenAITeacherSettings = OpenAITeacherSettings()
     local: LocalTeacherSettings = LocalTeacherSettings()
+    reverie_json: ReverieJsonSettings = ReverieJsonSettings()
     annotations: AnnotationSettings | None = None  # None: the synthetic world
     # shards > 1: the stage runs flows/generate_fanout.py, one Prefect task per shard of
     # images on a local Dask cluster of `workers` processes; the records are the same

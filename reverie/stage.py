@@ -6,6 +6,7 @@ import os
 import sys
 from contextlib import contextmanager
 
+from .io import DataFileError
 from .settings import ParamsError, load_params
 
 
@@ -25,14 +26,15 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 @contextmanager
 def stage(name: str):
-    """Runs a stage body; a params error or a failed gate ends the process with its message."""
+    """Runs a stage body; a params error, an unreadable data file or a failed gate ends the
+    process with its message (which names the key, or the file and line), not a traceback."""
     quiet_environment()
     try:
         yield
     except ParamsError as exc:
         print(f"[{name}] {exc}", file=sys.stderr)
         sys.exit(2)
-    except StageFailed as exc:
+    except (StageFailed, DataFileError) as exc:
         print(f"[{name}] FAILED: {exc}", file=sys.stderr)
         sys.exit(1)
 

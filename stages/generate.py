@@ -1,24 +1,36 @@
 """DVC stage `generate`: synthetic world + teacher + judge -> images, scene graphs, records."""
+import json
+
 from reverie.io import write_json
-from reverie.stage import params_from, parser, stage
+from reverie.stage import StageFailed, params_from, parser, stage
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--out", default="data", help="data folder: images/, scenes/, records/")
     p.add_argument("--metrics", default="metrics/generate.json")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the calls a model teacher would pay for, their tokens and price; ask nothing, write nothing")
     args = p.parse_args()
     with stage("generate"):
-        from reverie.generate import generate_dataset
+        from reverie.generate import generate_dataset, preview_generation
 
         params = params_from(args)
+        if args.dry_run:
+            print(json.dumps(preview_generation(params), indent=2))
+            return
         if params.generate.shards > 1:
             # one Prefect task per shard on a local Dask cluster; the same outputs
             from flows.generate_fanout import generate_sharded
 
             result = generate_sharded(args.params, args.out, params.generate.workers)
         else:
-            result = generate_dataset(params, args.out)
+            from reverie.teachers.openai_compat import TeacherConfigError
+
+            try:
+                result = generate_dataset(params, args.out)
+            except TeacherConfigError as exc:  # a dead endpoint, a rejected key: no image could succeed
+                raise StageFailed(str(exc)) from None
         write_json(args.metrics, result.metrics)
         m = result.metrics
         print(f"[generate] {m['records']} records kept of {m['raw_records']} ({m['quarantined']} quarantined); "

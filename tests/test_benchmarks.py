@@ -10,6 +10,7 @@ from PIL import Image
 
 from reverie.evaluation.benchmarks import mme, mmbench, object_statistics, pope
 from reverie.evaluation.loaders import load_mmbench, load_mme, load_pope, load_scienceqa
+from reverie.io import DataFileError
 from reverie.settings import WorldSettings
 from reverie.world import sample_world
 
@@ -98,8 +99,82 @@ def test_pope_loader(tmp_path):
     assert items[0].question.startswith("Is there a dog in the image?")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question_id": 3, "image": "../../etc/passwd", "text": "x", "label": "no"}))
-    with pytest.raises(ValueError, match="escapes"):
+    with pytest.raises(DataFileError, match=r"bad.jsonl:1: image path .* escapes"):
         load_pope(bad, tmp_path / "val2014")
+
+
+def test_pope_loader_refuses_missing_images_and_labels_other_than_yes_no(tmp_path):
+    (tmp_path / "val2014").mkdir()
+    (tmp_path / "val2014" / "a.jpg").write_bytes(png_bytes())
+    lines = [json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is there a dog?", "label": "yes"}),
+             json.dumps({"question_id": 2, "image": "a.jpg", "text": "Is there a cat?", "label": "maybe"}),
+             "",
+             json.dumps({"question_id": 3, "image": "gone.jpg", "text": "Is there a cow?", "label": "No"}),
+             '{"question_id": 4, "image": "a.jpg", "text": "Is there',
+             json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is there a dog?", "label": "yes"})]
+    path = tmp_path / "coco_pope_random.jsonl"
+    path.write_text("\n".join(lines))
+    with pytest.raises(DataFileError) as err:
+        load_pope(path, tmp_path / "val2014")
+    message = str(err.value)
+    assert f"{path}:2: label 'maybe' is not yes or no" in message
+    assert f"{path}:4: image gone.jpg not found" in message
+    assert f"{path}:5: not valid JSON" in message
+    assert f"{path}:6: question_id 1 repeats line 1" in message
+    assert "4 problem(s)" in message
+
+
+def test_mme_loader_names_the_line_of_an_answer_that_is_not_yes_or_no(tmp_path):
+    task = tmp_path / "existence"
+    task.mkdir()
+    (task / "0001.png").write_bytes(png_bytes())
+    (task / "0001.txt").write_text("Is there a dog? Please answer yes or no.\tYes\n"
+                                   "Is there a cat? Please answer yes or no.\tPerhaps\n"
+                                   "A line without a tab\n")
+    with pytest.raises(DataFileError) as err:
+        load_mme(tmp_path)
+    assert f"{task / '0001.txt'}:2: answer 'perhaps'" in str(err.value)
+    assert f"{task / '0001.txt'}:3: expected 'question<TAB>answer'" in str(err.value)
+    (task / "0001.png").unlink()
+    (task / "0001.txt").write_text("Is there a dog?\tyes\n")
+    with pytest.raises(DataFileError, match="no image named 0001"):
+        load_mme(tmp_path)
+
+
+def test_mmbench_loader_names_the_row_of_bad_answers_and_images(tmp_path):
+    path = tmp_path / "mmbench_dev.tsv"
+    good = base64.b64encode(png_bytes()).decode()
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"])
+        w.writerow([1, "Which?", "nan", "red", "green", "", "", "C", "attribute", good])  # only two options
+        w.writerow([2, "Which?", "nan", "red", "green", "blue", "white", "A", "attribute", "not base64!"])
+        w.writerow([3, "Which?", "nan", "red", "green", "blue", "white", "A", "attribute",
+                    base64.b64encode(b"not an image").decode()])
+    with pytest.raises(DataFileError) as err:
+        load_mmbench(path, tmp_path / "cache")
+    message = str(err.value)
+    assert f"{path}:2: answer 'C' is not the letter of one of its 2 options" in message
+    assert f"{path}:3: image cell is not base64" in message and f"{path}:4: image cell does not decode" in message
+
+
+def test_scienceqa_loader_names_the_line_of_a_bad_problem(tmp_path):
+    (tmp_path / "images" / "test" / "5").mkdir(parents=True)
+    (tmp_path / "images" / "test" / "5" / "image.png").write_bytes(png_bytes())
+    text = ('{\n'
+            '  "5": {"question": "Which?", "choices": ["cat", "fish"], "answer": 0, "image": "image.png", "split": "test"},\n'
+            '  "6": {"question": "Which?", "choices": ["a", "b"], "answer": 2, "image": "image.png", "split": "test"},\n'
+            '  "7": {"question": "Which?", "choices": ["a", "b"], "answer": 1, "image": "gone.png", "split": "test"}\n'
+            '}\n')
+    (tmp_path / "problems.json").write_text(text)
+    with pytest.raises(DataFileError) as err:
+        load_scienceqa(tmp_path / "problems.json", tmp_path / "images")
+    path = tmp_path / "problems.json"
+    assert f"{path}:3: problem 6: answer 2 is not the index" in str(err.value)
+    assert f"{path}:4: image test/7/gone.png not found" in str(err.value)
+    (tmp_path / "problems.json").write_text(text.replace('"answer": 2,', '"answer": 2').replace('"7"', '"8"'))
+    with pytest.raises(DataFileError, match=rf"problems.json:3: column \d+: not valid JSON"):
+        load_scienceqa(tmp_path / "problems.json", tmp_path / "images")
 
 
 def test_mme_loader(tmp_path):

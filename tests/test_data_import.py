@@ -9,16 +9,15 @@ from PIL import Image
 
 from reverie.data_import import (
     UnsafeImagePath,
-    export_reverie,
     export_samples,
     from_llava_json,
     from_sharegpt_json,
     image_folder,
     import_llava,
-    import_reverie,
     split_for,
 )
 from reverie.records import PUBLISHED_FIELDS
+from reverie.release import export_reverie, import_reverie
 from reverie.settings import PromptSettings
 from reverie.student.samples import build_variant
 
@@ -55,27 +54,40 @@ def release(tmp_path) -> tuple[Path, Path]:
     return path, root
 
 
+def content_id(row: dict) -> str:
+    """The id a record of these published fields must have, computed here from the row."""
+    import hashlib
+
+    payload = json.dumps({f: row[f] for f in PUBLISHED_FIELDS}, sort_keys=True, ensure_ascii=False)
+    return "rv-" + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
 def test_reverie_import_keeps_published_fields_and_quarantines_bad_rows(release):
     path, root = release
+    rows = json.loads(path.read_text())
     records, quarantined = import_reverie(path, root)
-    assert [r["id"] for r in records] == ["r1", "r2", "r3", "reverie-3"]
+    assert [r["id"] for r in records] == [content_id(rows[i]) for i in range(4)]
     assert [r["question_type"] for r in records] == ["yes_no", "multiple_choice", "open_ended", "short_answer"]
-    assert records[2]["provenance"]["source_fields"] == {"source": "vg"}
+    assert records[1]["options"] == ["a cup", "a plate", "a fork"]  # read from the question's option lines
+    assert records[2]["provenance"]["source_fields"] == {"source": "vg"} and records[2]["provenance"]["source_id"] == "r3"
     assert all(r["split"] == "train" and r["judge"]["consistent"] for r in records)
     assert [q["index"] for q in quarantined] == [4, 5]
-    assert "missing field(s): correct_answer" in quarantined[0]["reason"]
+    assert "missing or empty field(s): correct_answer" in quarantined[0]["reason"]
     assert "coco/missing.jpg not found" in quarantined[1]["reason"]
 
 
 @pytest.mark.parametrize("bad", ["../outside.png", "coco/../../outside.png", "/etc/hostname", "link/outside.png"])
-def test_reverie_import_refuses_image_paths_that_escape_the_root(tmp_path, release, bad):
+def test_reverie_import_quarantines_image_paths_that_escape_the_root(tmp_path, release, bad):
     _, root = release
     outside = _image(tmp_path / "outside.png")
     (root / "link").symlink_to(outside.parent, target_is_directory=True)
     path = tmp_path / "evil.json"
     path.write_text(json.dumps([_row("coco/a.jpg", "Is it day?", "yes", "no"), _row(bad, "Is it day?", "yes", "no")]))
-    with pytest.raises(UnsafeImagePath, match=r"evil.json record 1: image path .* (escapes|must be relative)"):
-        import_reverie(path, root)
+    records, quarantined = import_reverie(path, root)  # the rest of the file is imported
+    assert [r["image"] for r in records] == ["coco/a.jpg"]
+    [q] = quarantined
+    assert q["index"] == 1 and q["rule"] == "unsafe_image_path" and q["source"] == f"{path}:1"
+    assert "escapes the images root" in q["reason"] or "must be relative" in q["reason"]
 
 
 def test_reverie_export_imports_back_unchanged(release, tmp_path):
@@ -142,3 +154,30 @@ def test_image_folder_ids_and_deterministic_split(tmp_path):
     _image(root / "sub__c.png")
     with pytest.raises(ValueError, match="same image id 'sub__c'"):
         image_folder(root)
+
+
+def test_json_entries_come_with_their_lines_and_errors_name_file_and_line(tmp_path):
+    from reverie.io import DataFileError, iter_json_items, load_json_file, read_jsonl
+
+    path = tmp_path / "rows.json"
+    path.write_text('[\n  {"a": 1},\n\n  {"b": "x\\u2028y"}, 7\n]\n')
+    assert list(iter_json_items(path)) == [(2, 0, {"a": 1}), (4, 1, {"b": "x\u2028y"}), (4, 2, 7)]
+    path.write_text('{"k": [1,\n 2],\n "m": {}}')
+    assert [(line, key) for line, key, _ in iter_json_items(path)] == [(1, "k"), (3, "m")]
+    for text, line, what in [('[\n {"a": 1},\n {"a": 2\n]', 4, "not valid JSON"),
+                             ('[\n {"a": 1},\n', 3, "ends before"),
+                             ('[{"a": 1}] extra', 1, "text after the end"),
+                             ('"just a string"', 1, "expected a JSON list or object")]:
+        path.write_text(text)
+        with pytest.raises(DataFileError, match=rf"^{path}:{line}: .*{what}"):
+            list(iter_json_items(path))
+    path.write_text('{\n"a": 1,\n"b": tru\n}')
+    with pytest.raises(DataFileError, match=rf"^{path}:3: column 6: not valid JSON"):
+        load_json_file(path)
+    path.write_bytes(b'{"a": "ok"}\n{"b": "\xff"}\n')
+    with pytest.raises(DataFileError, match=rf"^{path}:2: unreadable JSON line"):
+        read_jsonl(path)
+    with pytest.raises(DataFileError, match=rf"^{path}:2: not UTF-8"):
+        load_json_file(path)
+    with pytest.raises(DataFileError, match=rf"^{tmp_path / 'none.json'}: file not found"):
+        load_json_file(tmp_path / "none.json")

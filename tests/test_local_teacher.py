@@ -115,11 +115,13 @@ def test_a_model_folder_answers_in_batches_and_bad_json_is_quarantined(tiny_llav
     assert metrics["batches"] == len(vlm.batches) < metrics["calls"]
     assert metrics["prompt_tokens"] > 0 and metrics["completion_tokens"] > 0
 
+    assert all(q["attempts"] == 2 and q["raw"] is not None for q in quarantined)
+
+    # a failure is never frozen in the cache: the rerun asks the model again, and only that
     rerun = CountingVLM(tiny_llava, "cpu")
     again = run(images, settings(tiny_llava), tmp_path, rerun)
-    assert rerun.batches == [] and rerun.model is None  # answered from the cache, model never loaded
-    assert again[2]["calls"] == 0 and again[2]["cache_hits"] == metrics["calls"]
-    assert again[:2] == (records, quarantined)
+    assert again[2]["calls"] == metrics["calls"] and again[2]["cache_hits"] == 0 and rerun.model is not None
+    assert again[:2] == (records, quarantined)  # greedy decoding: the same answers, the same reasons
 
 
 def test_the_model_runs_all_three_steps_in_batches(tiny_llava, images, tmp_path):
@@ -151,6 +153,13 @@ def test_scripted_answers_become_records_with_the_published_fields(tmp_path, ima
     assert [sorted(set(b)) for b in scripted.batches] == [["qa"], ["qa"], ["rationale"], ["rationale"], ["judge"]]
     assert [len(b) for b in scripted.batches] == [3, 3, 8, 4, 6]
     assert metrics["calls"] == 24 and metrics["batches"] == 5
+
+    # each malformed first QA answer led to a usable one: the rerun replays those conversations
+    # from the cache, so it takes the same path, generates nothing and never loads the model
+    rerun = ScriptedVLM()
+    again = run(images, settings(model, batch_size=8), tmp_path, rerun)
+    assert rerun.batches == [] and again[:2] == (records, quarantined)
+    assert again[2]["calls"] == 0 and again[2]["cache_hits"] == 24
 
 
 def test_a_failing_chat_is_quarantined_without_sinking_its_batch(tmp_path, images):
@@ -225,6 +234,7 @@ def test_params_select_the_local_teacher(tmp_path, images, tiny_llava, monkeypat
     import reverie.generate
     from reverie.generate import generate_dataset
     from reverie.settings import Params
+    from reverie.stage import StageFailed
 
     from .conftest import tiny_params_dict
 
@@ -232,10 +242,11 @@ def test_params_select_the_local_teacher(tmp_path, images, tiny_llava, monkeypat
     data = tiny_params_dict(tmp_path)
     data["generate"] = settings(tiny_llava, images_dir=str(images[0][1].parent),
                                 cache_path=str(tmp_path / "cache.sqlite")).model_dump()
-    result = generate_dataset(Params.model_validate(data), tmp_path / "data", progress=False)
-    quarantine = (tmp_path / "data" / "records" / "quarantine.jsonl").read_text().splitlines()
-    assert result.raw == [] and len(quarantine) == 3 and result.metrics["teacher_calls"] == 6
-    assert result.metrics["teacher_batches"] < 6
+    # a random model writes no JSON: nothing is kept, which is an error naming the quarantine
+    with pytest.raises(StageFailed, match=r"the local teacher kept no record from 3 images .*quarantine.jsonl"):
+        generate_dataset(Params.model_validate(data), tmp_path / "data", progress=False)
+    quarantine = [json.loads(line) for line in (tmp_path / "data" / "records" / "quarantine.jsonl").read_text().splitlines()]
+    assert len(quarantine) == 3 and all(q["reason"].startswith("qa: no JSON object found") for q in quarantine)
 
 
 def test_a_model_under_a_cache_folder_is_fingerprinted_by_its_files(tmp_path):

@@ -104,7 +104,7 @@ def test_malformed_answer_is_retried_once_with_the_parse_error(server, images, t
     records, quarantined, metrics = run(images[:1], settings(server.base_url), tmp_path / "c.sqlite")
     assert len(records) == 3 and quarantined == []
     qa = [r for r in server.requests if r["model"] == MODELS["qa"]]
-    assert len(qa) == 2 and "no JSON object found" in json.dumps(qa[1]["messages"][-1])
+    assert len(qa) == 2 and "ends before its JSON closes" in json.dumps(qa[1]["messages"][-1])
     assert qa[1]["messages"][-2] == {"role": "assistant", "content": "Sure, here you go: {questions: oops"}
 
 
@@ -112,7 +112,8 @@ def test_twice_malformed_answers_are_quarantined_with_the_reason(server, images,
     retry = "Your answer could not be used"  # so that each fault's second half hits its own retry
     server.add_faults("qa", Fault(content="no idea"), Fault(content="still no idea", match=retry))
     server.add_faults("judge", Fault(content="perhaps"), Fault(content="I cannot tell", match=retry))
-    records, quarantined, _ = run(images[:2], settings(server.base_url, concurrency=1), tmp_path / "c.sqlite")
+    records, quarantined, _ = run(images[:2], settings(server.base_url, concurrency=1, max_parse_retries=1),
+                                  tmp_path / "c.sqlite")
     reasons = [q["reason"] for q in quarantined]
     assert any(r.startswith("qa: no JSON object found") for r in reasons)
     assert any(r.startswith("judge: expected {\"contradiction\"") for r in reasons)
@@ -140,7 +141,7 @@ def test_retries_used_up_quarantine_the_item(server, images, tmp_path):
     server.add_faults("judge", *[Fault(status=500)] * 9)  # three attempts for each of the three items
     records, quarantined, _ = run(images[:1], settings(server.base_url, max_retries=2), tmp_path / "c.sqlite")
     assert records == [] and [q["id"] for q in quarantined] == ["img0-q0", "img0-q1", "img0-q2"]
-    assert {q["reason"] for q in quarantined} == {"judge: 'm-judge': gave up after 3 attempt(s), last: HTTP 500"}
+    assert {q["reason"] for q in quarantined} == {"judge: model 'm-judge': gave up after 3 attempt(s), last: HTTP 500"}
 
 
 def test_concurrency_limit_holds(images, tmp_path):

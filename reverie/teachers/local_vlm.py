@@ -8,9 +8,10 @@ single worker turns whatever chats are waiting into one left-padded `generate` c
 asyncio structure of the steps is what fills the batches: while a batch generates (in a
 thread), every image in flight queues its next step.
 
-Each answer goes into the same content-addressed SQLite cache as the API teacher's answers,
-keyed by a fingerprint of the model folder, the messages (image bytes included) and the
-decoding parameters, so a rerun generates nothing and does not even load the model.
+Each usable answer goes into the same content-addressed SQLite cache as the API teacher's
+answers, keyed by a fingerprint of the model folder, the prompt version, the messages (image
+bytes included) and the decoding parameters, so a rerun generates only what failed before, and
+does not even load the model when nothing did.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from types import SimpleNamespace
 
 
 from ..io import model_fingerprint
-from .cache import CallCache, call_key
+from .cache import CachedCalls, CallCache
 from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError, content_parts, teach_images
 from .parsing import image_entries
 
@@ -135,6 +136,7 @@ class LocalVLM:
 class LocalUsage:
     calls: int = 0  # chats generated (not served by the cache)
     cache_hits: int = 0
+    merged: int = 0  # chats that waited for an identical chat in flight
     batches: int = 0  # generate calls
     failed: int = 0  # chats whose generation raised, quarantined by the teacher
 
@@ -144,38 +146,39 @@ class Pending:
     messages: list[dict]
     key: str
     images: int
+    max_tokens: int
     futures: list[asyncio.Future] = field(default_factory=list)
 
 
-class BatchingClient:
+class BatchingClient(CachedCalls):
     """`complete` with the API client's signature, answered by the cache or by batched local
     generation. `generate_batch(list_of_chats, max_new_tokens) -> list_of_answers` runs in a
     worker thread, so the event loop keeps queueing the next steps meanwhile."""
 
     def __init__(self, generate_batch, cache: CallCache, model_key: str, batch_size: int):
-        self.generate_batch, self.cache, self.model_key = generate_batch, cache, model_key
+        super().__init__(cache, {"endpoint": "local"})
+        self.generate_batch, self.model_key = generate_batch, model_key
         self.batch_size = batch_size
-        self.queue: dict[tuple[str, int], Pending] = {}  # by (cache key, max tokens), in arrival order
+        self.queue: dict[str, Pending] = {}  # by cache key, in arrival order
         self.wake = asyncio.Event()
         self.usage = LocalUsage()
 
     def scrub(self, text: str) -> str:  # the teacher's interface; a local model has no secret
         return text
 
-    async def complete(self, model: str, messages: list[dict], max_tokens: int) -> str:
-        key = call_key(self.model_key, messages, {"do_sample": False, "max_new_tokens": max_tokens})
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.usage.cache_hits += 1
-            return hit["content"]
+    def decoding(self, max_tokens: int) -> dict:
+        return {"do_sample": False, "max_new_tokens": max_tokens}
+
+    def key(self, model: str, messages: list[dict], max_tokens: int, prompt: str = "") -> str:
+        # the model folder's fingerprint, not its name: a fine-tune under the same name is another model
+        return super().key(self.model_key, messages, max_tokens, prompt)
+
+    async def _fetch(self, model: str, messages: list[dict], decoding: dict, key: str) -> tuple[str, dict]:
         future = asyncio.get_running_loop().create_future()
-        pending = self.queue.get((key, max_tokens))
-        if pending is None:  # an identical chat already waiting is generated once for both
-            images = sum(p.get("type") == "image_url" for m in messages for p in content_parts(m))
-            pending = self.queue[(key, max_tokens)] = Pending(messages, key, images)
-        pending.futures.append(future)
+        images = sum(p.get("type") == "image_url" for m in messages for p in content_parts(m))
+        self.queue[key] = Pending(messages, key, images, decoding["max_new_tokens"], [future])
         self.wake.set()
-        return await future
+        return await future, {}
 
     async def serve(self) -> None:
         """The worker: runs until cancelled. Any failure reaches the waiting callers."""
@@ -194,11 +197,10 @@ class BatchingClient:
                 for p in batch + list(self.queue.values()):
                     self._resolve(p, stop)
                 raise
-            for p, answer in zip(batch, answers):
+            for p, answer in zip(batch, answers):  # the caller stores what it can use
                 if isinstance(answer, Exception):
                     self._resolve(p, TeacherError(f"local generation failed: {answer!r}"[:300]))
                 else:
-                    self.cache.put(p.key, self.model_key, answer, {})  # committed before anyone sees it
                     self._resolve(p, answer)
 
     @staticmethod
@@ -225,9 +227,10 @@ class BatchingClient:
         differ in how (or whether) they batch chats with and without images together."""
         if not self.queue:
             return 0, []
-        (_, max_tokens), first = next(iter(self.queue.items()))
-        chosen = [k for k, p in self.queue.items() if k[1] == max_tokens and p.images == first.images][: self.batch_size]
-        return max_tokens, [self.queue.pop(k) for k in chosen]
+        first = next(iter(self.queue.values()))
+        chosen = [k for k, p in self.queue.items()
+                  if p.max_tokens == first.max_tokens and p.images == first.images][: self.batch_size]
+        return first.max_tokens, [self.queue.pop(k) for k in chosen]
 
     def _generate(self, batch: list[list[dict]], max_tokens: int) -> list[str | Exception]:
         """One generate call; when it fails, each chat alone, so that one bad chat (too long
@@ -257,7 +260,8 @@ class LocalTeacher(OpenAITeacher):
     def __init__(self, generate, client: BatchingClient, model_name: str):
         super().__init__(generate, client)
         self.o = SimpleNamespace(qa_model=model_name, rationale_model=model_name, judge_model=model_name,
-                                 max_tokens=generate.local.max_new_tokens)
+                                 max_tokens=generate.local.max_new_tokens,
+                                 max_parse_retries=generate.local.max_parse_retries)
 
 
 async def agenerate_with_local(images, generate, cache_path: str | Path | None = None, progress: bool = True,

@@ -11,9 +11,18 @@ compatible endpoint, vLLM, Ollama, a local server): the paper's three steps as p
 Where the reference scripts run one blocking request per process, parse with literal
 evaluation and lose a result on any exception, this client runs requests concurrently under
 a limit, paces them by request and token rate, backs off with jitter on 429/5xx/time-outs
-(honouring Retry-After), caches every answer by content hash as soon as it arrives
-(`cache.py`), so a rerun or a resume after a kill repeats no finished call, and quarantines
-an unusable answer with its reason after one retry that shows the model its parse error.
+(honouring Retry-After), caches every usable answer by content hash as soon as it arrives
+(`cache.py`: a failure is never stored, identical calls in flight are sent once), so a rerun
+or a resume after a kill repeats no finished call, and asks again, showing the model its
+parse error, up to `max_parse_retries` times before it quarantines an unusable answer with
+its reason and raw text.
+
+It stops early instead of quarantining a whole run: a base URL that is not http(s), a server
+that cannot be reached, a 401/403/404, or more than `fail_fast_error_rate` of the first
+`fail_fast_calls` requests failing each end the run within seconds with a
+`TeacherConfigError` that names the URL and the params key. With `mode: batch` the same
+steps go through the provider's batch endpoint instead (`batch.py`), with the same cache.
+
 The API key is read from the environment at start-up and sent only in a request header; it
 is scrubbed from every error message.
 """
@@ -38,7 +47,7 @@ from tqdm import tqdm
 
 from ..data_import import ImageEntry
 from ..records import make_record
-from .cache import CallCache, call_key
+from .cache import CachedCalls, CallCache
 from .judge import Verdict
 from .parsing import ParseError, image_entries, parse_judge, parse_questions, parse_rationale
 from .scene_graph import QAItem
@@ -60,6 +69,12 @@ class TeacherConfigError(TeacherError):
 def load_prompts() -> dict[str, Template]:
     return {name: Template((PROMPTS / f"{name}.txt").read_text())
             for name in ("qa", "rationale_positive", "rationale_negative", "judge")}
+
+
+def prompt_versions() -> dict[str, str]:
+    """Each template's own digest: part of the cache key of the calls made from it, so that
+    editing the judge's prompt re-asks the judge only."""
+    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(PROMPTS.glob("*.txt"))}
 
 
 def prompts_digest() -> str:
@@ -126,6 +141,7 @@ class SlidingWindowLimiter:
 class Usage:
     calls: int = 0  # answered requests (not served by the cache)
     cache_hits: int = 0
+    merged: int = 0  # calls that waited for an identical call in flight instead of being sent
     requests: int = 0  # HTTP attempts, retries included
     retries: int = 0
     prompt_tokens: int = 0
@@ -147,70 +163,102 @@ async def open_lanes(settings):
                for _ in range(settings.concurrency)]
 
 
-class ChatClient:
-    """One chat-completions endpoint: cache, concurrency, rate limits, retries, usage."""
+class FailFast:
+    """Watches the first `calls` requests to an endpoint. When more than `max_rate` of them
+    have failed (time-outs, connection errors, 5xx, 4xx other than 429: a rate limit is the
+    server pacing us, not failing), the endpoint is judged broken and every caller stops with
+    one `TeacherConfigError`, instead of each image being retried and quarantined in turn.
+    After `calls` requests it stops watching: later failures are retried and quarantined."""
 
-    def __init__(self, settings, cache: CallCache, lanes: list[httpx.AsyncClient]):
-        self.s, self.cache = settings, cache
+    def __init__(self, calls: int, max_rate: float, url: str, section: str):
+        self.calls, self.max_rate, self.url, self.section = calls, max_rate, url, section
+        self.seen = self.errors = 0
+        self.tripped: TeacherConfigError | None = None
+
+    def check(self) -> None:
+        if self.tripped is not None:
+            raise self.tripped
+
+    def record(self, problem: str | None) -> None:
+        self.check()
+        if self.seen >= self.calls:
+            return
+        self.seen += 1
+        self.errors += problem is not None
+        if self.errors > self.max_rate * self.calls:  # past the threshold whatever the rest do
+            s = self.section
+            self.tripped = TeacherConfigError(
+                f"{self.errors} of the first {self.seen} requests to {self.url} failed (last: {problem}), more than "
+                f"{s}.fail_fast_error_rate={self.max_rate:g} of {s}.fail_fast_calls={self.calls}: stopping. Check "
+                f"{s}.base_url, the model names and the server")
+            raise self.tripped
+
+
+class Endpoint:
+    """One OpenAI-compatible server: its base URL, the key (sent only in a header and scrubbed
+    from every message), the concurrency lanes, retries with back-off and the fail-fast watch.
+    The chat client and the batch client make their requests through it."""
+
+    section = "generate.openai"
+
+    def __init__(self, settings, lanes: list[httpx.AsyncClient], usage: Usage):
+        self.s, self.usage = settings, usage
+        self.base = settings.base_url.rstrip("/")
         self._key = os.environ.get(settings.api_key_env) or None  # local servers need none
-        self.url = settings.base_url.rstrip("/") + "/chat/completions"
         self.lanes: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
         for lane in lanes:
             self.lanes.put_nowait(lane)
-        self.rpm = SlidingWindowLimiter(settings.rpm) if settings.rpm else None
-        self.tpm = SlidingWindowLimiter(settings.tpm) if settings.tpm else None
-        self.usage = Usage()
+        self.watch = FailFast(settings.fail_fast_calls, settings.fail_fast_error_rate, self.base, self.section)
+        self.first_contact, self.reached = asyncio.Lock(), False
 
     def __repr__(self) -> str:  # never shows the key
-        return f"ChatClient({self.url!r})"
+        return f"Endpoint({self.base!r})"
 
     def scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
-    async def complete(self, model: str, messages: list[dict], max_tokens: int) -> str:
-        decoding = {"temperature": self.s.temperature, "max_tokens": max_tokens}
-        key = call_key(model, messages, decoding)
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.usage.cache_hits += 1
-            return hit["content"]
-        content, usage = await self._post(model, messages, decoding)
-        self.cache.put(key, model, content, usage)  # committed now: a kill after this loses nothing
-        self._account(usage)
-        return content
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self._key}"} if self._key else {}
 
-    def _account(self, usage: dict) -> None:
-        u, s = self.usage, self.s
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        u.calls += 1
-        u.prompt_tokens += prompt
-        u.completion_tokens += completion
-        u.estimated_cost_usd += prompt / 1000 * s.price_per_1k_prompt + completion / 1000 * s.price_per_1k_completion
+    async def check_reachable(self) -> None:
+        """One GET of `/models` before any paid call: a server that cannot be reached at all (a
+        wrong port or host) stops the run in a second, naming the URL and its params key. Any
+        HTTP answer, even an error, shows that something listens there."""
+        async with self._lane() as http:
+            try:
+                async with asyncio.timeout(min(self.s.timeout_s, 10.0)):
+                    await http.get(self.base + "/models", headers=self.headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+                raise TeacherConfigError(
+                    f"cannot connect to {self.base} ({self.section}.base_url): {type(exc).__name__}: "
+                    f"{self.scrub(str(exc))[:200]}") from None
+            except (TimeoutError, httpx.HTTPError):
+                pass  # it accepted the connection; slow or odd answers are for the real calls to judge
 
-    def _estimate_tokens(self, messages: list[dict], max_tokens: int) -> int:
-        chars, images = 0, 0
-        for m in messages:
-            for part in content_parts(m):
-                if part.get("type") == "image_url":
-                    images += 1
-                else:
-                    chars += len(part.get("text") or "")
-        return chars // 4 + images * IMAGE_TOKENS_ESTIMATE + max_tokens
-
-    async def _post(self, model: str, messages: list[dict], decoding: dict) -> tuple[str, dict]:
-        body = {"model": model, "messages": messages, **decoding}
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+    async def request(self, method: str, path: str, *, read, what: str, limit=None, retries: int | None = None,
+                      **kwargs):
+        """`read(response, budget)` of the first 200 answer, retrying time-outs, connection
+        errors, 408/409/425/429 and 5xx (and a 200 that `read` cannot use) with back-off.
+        `limit()` (awaited before each attempt) returns the token budget entry to settle;
+        `what` names the request in messages ("model 'gpt-4o-mini'")."""
+        if not self.reached:
+            async with self.first_contact:  # once, before the first request: not at all when the cache answers everything
+                if not self.reached:
+                    await self.check_reachable()
+                    self.reached = True
         problem = "no attempt made"
-        for attempt in range(self.s.max_retries + 1):
-            retry_after = None
+        retries = self.s.max_retries if retries is None else retries
+        for attempt in range(retries + 1):
+            self.watch.check()
+            retry_after, counted = None, True
             async with self._lane() as http:
-                if self.rpm:
-                    await self.rpm.acquire(1)
-                budget = await self.tpm.acquire(self._estimate_tokens(messages, decoding["max_tokens"])) if self.tpm else None
+                budget = await limit() if limit is not None else None
+                self.watch.check()  # the endpoint may have been judged broken while this call waited
                 self.usage.requests += 1
                 try:
                     async with asyncio.timeout(self.s.timeout_s):  # a total deadline, not per read
-                        response = await http.post(self.url, json=body, headers=headers)
+                        response = await http.request(method, self.base + path, headers=self.headers, **kwargs)
                 except (TimeoutError, httpx.TimeoutException):
                     problem = f"no answer within {self.s.timeout_s:g} s"
                 except httpx.TransportError as exc:
@@ -219,26 +267,33 @@ class ChatClient:
                     status = response.status_code
                     if status == 200:
                         try:
-                            return self._content(response, budget)
+                            result = read(response, budget)
                         except (ValueError, KeyError, IndexError, TypeError):
-                            problem = "the server's answer is not a chat completion"
+                            problem = "the server's answer is not what the API returns"
+                        else:
+                            self.watch.record(None)
+                            return result
                     elif status in FATAL:
                         raise TeacherConfigError(
-                            f"HTTP {status} from {self.url} for model {model!r}: check base_url, the model name and "
-                            f"the key in ${self.s.api_key_env} ({self.scrub(response.text[:200])})")
+                            f"HTTP {status} from {self.base}{path} for {what}: check {self.section}.base_url, the model "
+                            f"name and the key in ${self.s.api_key_env} ({self.scrub(response.text[:200])})")
                     elif status in RETRYABLE or status >= 500:
                         problem = f"HTTP {status}"
                         retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                        counted = status != 429
                     else:
-                        raise TeacherError(f"HTTP {status} from {model!r}: {self.scrub(response.text[:300])}")
-            if attempt == self.s.max_retries:
+                        self.watch.record(f"HTTP {status}")
+                        raise TeacherError(f"HTTP {status} from {what}: {self.scrub(response.text[:300])}")
+            if counted:
+                self.watch.record(problem)
+            if attempt == retries:
                 break
             self.usage.retries += 1
             # exponential back-off with jitter, so that concurrent callers do not retry in step;
             # a server's Retry-After is a floor (it knows its own quota window)
             delay = min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
             await asyncio.sleep(max(delay, retry_after or 0.0))
-        raise TeacherError(f"{model!r}: gave up after {self.s.max_retries + 1} attempt(s), last: {problem}")
+        raise TeacherError(f"{what}: gave up after {retries + 1} attempt(s), last: {problem}")
 
     @asynccontextmanager
     async def _lane(self):
@@ -248,56 +303,179 @@ class ChatClient:
         finally:
             self.lanes.put_nowait(http)
 
-    def _content(self, response: httpx.Response, budget) -> tuple[str, dict]:
-        data = response.json()
-        content = data["choices"][0]["message"]["content"]
-        if isinstance(content, list):  # some servers answer in content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        usage = {k: v for k, v in (data.get("usage") or {}).items() if k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-        if budget is not None and usage.get("total_tokens"):
-            SlidingWindowLimiter.settle(budget, usage["total_tokens"])
-        return content or "", usage
+
+def account(usage: Usage, settings, answer_usage: dict, price_factor: float = 1.0) -> None:
+    """Counts one answered call, its tokens and its estimated cost."""
+    prompt = int(answer_usage.get("prompt_tokens") or 0)
+    completion = int(answer_usage.get("completion_tokens") or 0)
+    usage.calls += 1
+    usage.prompt_tokens += prompt
+    usage.completion_tokens += completion
+    usage.estimated_cost_usd += price_factor * (prompt / 1000 * settings.price_per_1k_prompt
+                                                + completion / 1000 * settings.price_per_1k_completion)
+
+
+def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
+    """Before `usage` is known: text at 4 characters a token, a flat cost per image."""
+    chars, images = 0, 0
+    for m in messages:
+        for part in content_parts(m):
+            if part.get("type") == "image_url":
+                images += 1
+            else:
+                chars += len(part.get("text") or "")
+    return chars // 4 + images * IMAGE_TOKENS_ESTIMATE + max_tokens
+
+
+def chat_content(data: dict) -> tuple[str, dict]:
+    """The text and the token usage of a chat completion (a server's JSON body)."""
+    content = data["choices"][0]["message"]["content"]
+    if isinstance(content, list):  # some servers answer in content parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    usage = {k: v for k, v in (data.get("usage") or {}).items() if k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    return content or "", usage
+
+
+class ChatClient(CachedCalls):
+    """One chat-completions endpoint: cache, single flight, rate limits, retries, usage."""
+
+    def __init__(self, settings, cache: CallCache, endpoint: Endpoint):
+        super().__init__(cache, {"endpoint": endpoint.base})
+        self.s, self.endpoint, self.usage = settings, endpoint, endpoint.usage
+        self.rpm = SlidingWindowLimiter(settings.rpm) if settings.rpm else None
+        self.tpm = SlidingWindowLimiter(settings.tpm) if settings.tpm else None
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"ChatClient({self.endpoint.base!r})"
+
+    def scrub(self, text: str) -> str:
+        return self.endpoint.scrub(text)
+
+    def decoding(self, max_tokens: int) -> dict:
+        return {"temperature": self.s.temperature, "max_tokens": max_tokens}
+
+    async def _fetch(self, model: str, messages: list[dict], decoding: dict, key: str) -> tuple[str, dict]:
+        async def limit():
+            if self.rpm:
+                await self.rpm.acquire(1)
+            return await self.tpm.acquire(estimate_tokens(messages, decoding["max_tokens"])) if self.tpm else None
+
+        def read(response: httpx.Response, budget) -> tuple[str, dict]:
+            content, usage = chat_content(response.json())
+            if budget is not None and usage.get("total_tokens"):
+                SlidingWindowLimiter.settle(budget, usage["total_tokens"])
+            return content, usage
+
+        content, usage = await self.endpoint.request(
+            "POST", "/chat/completions", json={"model": model, "messages": messages, **decoding},
+            read=read, what=f"model {model!r}", limit=limit)
+        account(self.usage, self.s, usage)
+        return content, usage
+
+
+def problem_of(parse, content: str) -> ParseError | str | None:
+    """None for an answer without problems; the `ParseError` of an unusable one; the joined
+    problems of a usable one with rejected parts."""
+    try:
+        _, problems = parse(content)
+    except ParseError as exc:
+        return exc
+    return "; ".join(problems) if problems else None
+
+
+def reask(messages: list[dict], answer: str, problem: str, attempt: int, attempts: int) -> list[dict]:
+    """The conversation that shows the model its unusable answer and why. The try's number
+    makes each re-ask a new prompt: a model decoding greedily (or a server that caches) would
+    give a repeated one the same answer."""
+    return messages + [{"role": "assistant", "content": answer},
+                       {"role": "user", "content": f"Your answer could not be used: {problem}. Answer again, in "
+                                                   f"exactly the format asked for (try {attempt} of {attempts})."}]
+
+
+class AnswerRejected(ParseError):
+    """An answer still unusable after every re-ask: the reason and the last raw text."""
+
+    def __init__(self, reason: str, raw: str, attempts: int):
+        super().__init__(reason)
+        self.raw, self.attempts = raw, attempts
 
 
 class OpenAITeacher:
-    """The three steps for one image, each answer parsed, retried once, or quarantined."""
+    """The three steps for one image, each answer parsed, asked again when unusable, or
+    quarantined with its reason and raw text."""
 
     name = "openai"
 
     def __init__(self, generate, client: ChatClient):
         self.g, self.o, self.client = generate, generate.openai, client
         self.prompts = load_prompts()
+        self.versions = prompt_versions()
         self.digest = prompts_digest()
 
-    async def ask(self, model: str, messages: list[dict], parse):
-        """Returns (value, problems); a malformed answer is asked again once, with the parse
-        error appended; a second failure raises `ParseError` for the caller to quarantine."""
-        content = await self.client.complete(model, messages, self.o.max_tokens)
-        try:
-            value, problems = parse(content)
-            if not problems:
-                return value, []
-            error = "; ".join(problems)
-        except ParseError as exc:
-            error = str(exc)
-        again = messages + [
-            {"role": "assistant", "content": content},
-            {"role": "user", "content": f"Your answer could not be used: {error}. "
-                                        "Answer again, in exactly the format asked for."}]
-        return parse(await self.client.complete(model, again, self.o.max_tokens))
+    async def ask(self, prompt: str, model: str, messages: list[dict], parse):
+        """Returns (value, problems, raw). An answer with problems (unusable, cut off, or with
+        some bad items) is asked again with the problem appended, up to `max_parse_retries`
+        times; when every try fails, the last partial answer is kept if there was one, else
+        `AnswerRejected` carries the reason and raw text to the quarantine.
+
+        A conversation the cache holds to its usable end is replayed without a call (the same
+        path, so the same records); any other is asked afresh from its first question, so a
+        failure of the last run is tried again rather than replayed."""
+        attempts, version = 1 + self.o.max_parse_retries, self.versions[prompt]
+        replay = self.replay(model, messages, parse, attempts, version)
+        if replay is not None:
+            self.client.usage.cache_hits += len(replay)
+        conversation, partial = messages, None
+        for attempt in range(1, attempts + 1):
+            if replay is not None:
+                content = replay[attempt - 1]
+            else:
+                content = await self.client.complete(model, conversation, self.o.max_tokens, accept=parse,
+                                                     prompt=version, fresh=True)
+            error = problem_of(parse, content)
+            if error is None:
+                return (*parse(content), content)
+            if not isinstance(error, ParseError):
+                partial = (*parse(content), content)
+            if attempt < attempts:
+                conversation = reask(messages, content, str(error), attempt + 1, attempts)
+        if partial is not None:
+            return partial
+        raise AnswerRejected(str(error), content, attempts)
+
+    def replay(self, model: str, messages: list[dict], parse, attempts: int, version: str) -> list[str] | None:
+        """The cached answers of this conversation up to a usable one without problems, or None."""
+        conversation, chain = messages, []
+        for attempt in range(1, attempts + 1):
+            hit = self.client.lookup(model, conversation, self.o.max_tokens, version)
+            if hit is None:
+                return None
+            chain.append(hit["content"])
+            error = problem_of(parse, hit["content"])
+            if error is None:
+                return chain
+            conversation = reask(messages, hit["content"], str(error), attempt + 1, attempts)
+        return None
+
+    def quarantine(self, step: str, exc: Exception, **where) -> dict:
+        entry = {"reason": f"{step}: {self.client.scrub(str(exc))}", **where}
+        if isinstance(exc, AnswerRejected):
+            entry.update(attempts=exc.attempts, raw=self.client.scrub(exc.raw))
+        return entry
 
     async def records_for_image(self, entry: ImageEntry) -> tuple[list[dict], list[dict]]:
         image = {"type": "image_url", "image_url": {"url": image_data_url(entry.path)}}
         qa_text = self.prompts["qa"].substitute(questions_per_image=self.g.questions_per_image)
         where = {"image_id": entry.image_id, "image": entry.relpath}
         try:
-            questions, problems = await self.ask(
-                self.o.qa_model, [{"role": "user", "content": [{"type": "text", "text": qa_text}, image]}], parse_questions)
+            questions, problems, raw = await self.ask(
+                "qa", self.o.qa_model, [{"role": "user", "content": [{"type": "text", "text": qa_text}, image]}],
+                parse_questions)
+        except TeacherConfigError:
+            raise
         except (TeacherError, ParseError) as exc:
-            if isinstance(exc, TeacherConfigError):
-                raise
-            return [], [{"reason": f"qa: {self.client.scrub(str(exc))}", **where}]
-        quarantined = [{"reason": f"qa: {p}", **where} for p in problems]
+            return [], [self.quarantine("qa", exc, **where)]
+        quarantined = [{"reason": f"qa: {p}", **where, "raw": self.client.scrub(raw)} for p in problems]
         results = await asyncio.gather(*(self.record(entry, j, q, image)
                                          for j, q in enumerate(questions[: self.g.questions_per_image])))
         records = [r for r, _ in results if r is not None]
@@ -316,28 +494,29 @@ class OpenAITeacher:
 
             # both run to the end even when one fails, so the other's answer is cached
             both = await asyncio.gather(
-                self.ask(self.o.rationale_model, with_image("rationale_positive"), parse_rationale),
-                self.ask(self.o.rationale_model, with_image("rationale_negative"), parse_rationale),
+                self.ask("rationale_positive", self.o.rationale_model, with_image("rationale_positive"), parse_rationale),
+                self.ask("rationale_negative", self.o.rationale_model, with_image("rationale_negative"), parse_rationale),
                 return_exceptions=True)
             for outcome in both:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            (positive, _), (negative, _) = both
+            (positive, _, _), (negative, _, _) = both
             step = "judge"
             judge_text = self.prompts["judge"].substitute(fields, correct_rationale=positive, incorrect_rationale=negative)
-            answer, _ = await self.ask(self.o.judge_model, [{"role": "user", "content": judge_text}], parse_judge)
+            answer, _, _ = await self.ask("judge", self.o.judge_model, [{"role": "user", "content": judge_text}],
+                                          parse_judge)
         except TeacherConfigError:
             raise
         except (TeacherError, ParseError) as exc:
-            return None, {"reason": f"{step}: {self.client.scrub(str(exc))}", "id": record_id,
-                          "image_id": entry.image_id, "image": entry.relpath, "question": question}
+            return None, self.quarantine(step, exc, id=record_id, image_id=entry.image_id, image=entry.relpath,
+                                         question=question)
         item = QAItem(question, q.question_type, q.reasoning, q.correct_answer, q.confusing_answer, q.options,
                       support=[], refute=[], correct_rationale=positive, incorrect_rationale=negative)
         verdict = Verdict(not answer.contradiction, answer.reason if answer.contradiction else "")
         provenance = {"teacher": self.name, "judge": self.name, "qa_model": self.o.qa_model,
                       "rationale_model": self.o.rationale_model, "judge_model": self.o.judge_model,
                       "template_version": self.g.template_version, "prompts_sha": self.digest,
-                      "split": entry.split, "injected_error": None}
+                      "question_type_inferred": q.inferred_type, "split": entry.split, "injected_error": None}
         return make_record(record_id, entry.relpath, entry.split, item, verdict, provenance), None
 
 
@@ -365,17 +544,29 @@ async def agenerate_with_openai(images, generate, cache_path: str | Path | None 
     entries = image_entries(images)
     settings = generate.openai
     started = time.perf_counter()
+    usage = Usage()
     with CallCache(cache_path or settings.cache_path) as cache:
         async with open_lanes(settings) as lanes:
-            client = ChatClient(settings, cache, lanes)
-            teacher = OpenAITeacher(generate, client)
-            # bounds the images in progress (and their base64 copies in memory) while keeping
-            # enough work queued to fill every request slot
-            results = await teach_images(teacher, entries, 2 * settings.concurrency, progress)
+            endpoint = Endpoint(settings, lanes, usage)
+            if settings.mode == "batch":
+                from .batch import BatchClient
+
+                client = BatchClient(settings, cache, endpoint)
+                teacher = OpenAITeacher(generate, client)
+                async with client.running():
+                    # every image of a batch at once: it holds what all of them ask at each step
+                    in_flight = max(1, min(len(entries), settings.batch_max_requests))
+                    results = await teach_images(teacher, entries, in_flight, progress)
+            else:
+                client = ChatClient(settings, cache, endpoint)
+                teacher = OpenAITeacher(generate, client)
+                # bounds the images in progress (and their base64 copies in memory) while keeping
+                # enough work queued to fill every request slot
+                results = await teach_images(teacher, entries, 2 * settings.concurrency, progress)
     records = [r for rs, _ in results for r in rs]
     quarantined = [q for _, qs in results for q in qs]
-    metrics = {**asdict(client.usage), "quarantined": len(quarantined), "images": len(entries),
-               "records": len(records), "seconds": time.perf_counter() - started}
+    metrics = {**asdict(usage), **getattr(client, "batch_usage", {}), "quarantined": len(quarantined),
+               "images": len(entries), "records": len(records), "seconds": time.perf_counter() - started}
     return records, quarantined, metrics
 
 

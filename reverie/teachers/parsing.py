@@ -1,52 +1,123 @@
-"""Reading a teacher model's answers: find the JSON, validate it, never evaluate it.
+"""Reading a teacher model's answers: find the JSON (or the Python literal), validate it,
+never evaluate it.
 
-Chat models wrap JSON in ```fences```, precede it with prose, or answer a yes/no question in
-words. Each parser here accepts those shapes and returns `(value, problems)`: `problems`
-lists parts of an otherwise usable answer that were rejected (one bad question out of
-four), and a `ParseError` means nothing in the answer was usable. Both are fed back to the
-model once, then quarantined with their reason.
+Chat models wrap their answer in ```fences```, precede it with prose, write Python literals
+with single quotes (the reference scripts read them with `ast.literal_eval`), leave out
+fields the prompt did not ask for (the reference QA prompt asks for question, correct and
+confusing answer only: no `question_type`), or run out of tokens mid-list. Each parser here
+accepts the usable shapes and returns `(value, problems)`: `problems` lists parts of an
+otherwise usable answer that were rejected (one bad question out of four), and a
+`ParseError` means nothing in the answer was usable. Both are fed back to the model, up to
+`max_parse_retries` times, then quarantined with their reason and the raw answer.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from ..data_import import ImageEntry
-from ..records import REASONING_KINDS
+from ..data_import import LETTERS, ImageEntry, infer_question_type, option_letter, split_options
+from ..records import QUESTION_TYPES, REASONING_KINDS
 from .scene_graph import LETTER, SHORT
 
-LETTERS = "ABCDEFGH"
-FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.S)
+FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_+-]*[ \t]*\n?(.*?)```", re.S)
 YES_NO_WORD = re.compile(r"^\W*(yes|no)\b", re.I)
 MIN_RATIONALE_CHARS = 10
+MAX_LITERAL_CHARS = 100_000  # literal_eval builds an AST: bound what it is given
+MAX_STARTS = 64  # brackets tried inside prose
 
 
 class ParseError(ValueError):
     """The answer held nothing usable; the message says why, for the retry and the quarantine."""
 
 
-def find_json(text: str | None) -> Any:
-    """The first JSON object or array in `text`: fenced blocks first, then the whole text,
-    then the first decodable `{` or `[` inside prose. Only `json` parses it."""
+def _decode(text: str) -> Any:
+    """JSON, else a Python literal. `ast.literal_eval` only builds literals (strings, numbers,
+    lists, dicts, True/False/None): a name or a call is a ValueError, never run."""
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if len(text) > MAX_LITERAL_CHARS:
+        raise ValueError("too long for a literal")
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+PAIRS = {"[": "]", "{": "}"}
+
+
+def _scan(text: str, start: int) -> tuple[int | None, str | None]:
+    """(index of the bracket that closes the one at `start`, None) skipping brackets inside
+    quoted strings (either quote); for a text that ends first (a cut-off answer), (None, the
+    text up to its last complete inner object with the open brackets closed), or (None, None)."""
+    stack, quote, i, salvage = [], None, start, None
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c in PAIRS:
+            stack.append(PAIRS[c])
+        elif c in "]}":
+            stack.pop()
+            if not stack:
+                return i, None
+            if c == "}":  # an inner object is complete: the text up to here can be closed
+                salvage = text[start: i + 1] + "".join(reversed(stack))
+        i += 1
+    return None, salvage
+
+
+def _closing(text: str, start: int) -> int | None:
+    return _scan(text, start)[0]
+
+
+def _structure(value: Any) -> bool:
+    return isinstance(value, (dict, list))
+
+
+def find_json(text: str | None, want: Callable[[Any], bool] = _structure) -> Any:
+    """The first JSON (or Python-literal) object or list in `text` that `want` accepts: fenced
+    blocks first, then the whole text, then each `{` or `[` inside prose with the bracket that
+    closes it. Nothing is evaluated."""
     text = text or ""
     candidates = [m.group(1) for m in FENCE.finditer(text)] + [text]
     for candidate in candidates:
         try:
-            return json.loads(candidate.strip())
-        except ValueError:
-            pass
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[{\[]", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
+            value = _decode(candidate)
         except ValueError:
             continue
-        if isinstance(value, (dict, list)):
+        if want(value):
             return value
+    truncated = False
+    for n, match in enumerate(re.finditer(r"[{\[]", text)):
+        if n == MAX_STARTS:
+            break
+        end, salvage = _scan(text, match.start())
+        if end is None:
+            truncated = True
+            if salvage is None:
+                continue
+        try:  # a cut-off answer yields its complete items; `cut_off` tells the caller
+            value = _decode(text[match.start(): end + 1] if end is not None else salvage)
+        except ValueError:
+            continue
+        if want(value):
+            return value
+    if truncated:
+        raise ParseError("the answer ends before its JSON closes (cut off?)")
     raise ParseError("no JSON object found in the answer")
 
 
@@ -64,6 +135,30 @@ def _text(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
+def _key(name: Any) -> str:
+    """A field name as written by a model ("Correct Answer", "correct-answer1") in snake case,
+    without the item number the reference prompt's `{question1, correct answer1, ...}` invites."""
+    return re.sub(r"_?\d+$", "", re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_"))
+
+
+FIELD_NAMES = {
+    "question": ("question", "q", "instruction", "query", "prompt"),
+    "correct_answer": ("correct_answer", "answer", "correct", "correct_response", "positive_answer", "right_answer",
+                       "accurate_answer"),
+    "confusing_answer": ("confusing_answer", "confusing", "misleading_answer", "incorrect_answer", "wrong_answer",
+                         "negative_answer", "distractor", "plausible_answer", "plausible_but_incorrect_answer"),
+    "question_type": ("question_type", "type", "format", "question_format"),
+    "options": ("options", "choices"),
+    "reasoning": ("reasoning", "reasoning_kind", "reasoning_type"),
+}
+ALIASES = {alias: field for field, aliases in FIELD_NAMES.items() for alias in aliases}
+TYPE_NAMES = {"yesno": "yes_no", "yes_or_no": "yes_no", "true_false": "yes_no", "boolean": "yes_no",
+              "mcq": "multiple_choice", "choice": "multiple_choice", "multichoice": "multiple_choice",
+              "multi_choice": "multiple_choice", "multiple_choice_question": "multiple_choice",
+              "short": "short_answer", "short_answer_question": "short_answer",
+              "open": "open_ended", "open_question": "open_ended", "open_ended_question": "open_ended"}
+
+
 class Question(BaseModel):
     """One item of the QA-collection answer, normalised to the record conventions."""
 
@@ -75,22 +170,33 @@ class Question(BaseModel):
     options: list[str] | None = None
     correct_answer: str
     confusing_answer: str
+    inferred_type: bool = False  # the answer did not name a known format: it was inferred
 
     @model_validator(mode="before")
     @classmethod
     def _coerce(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        data = dict(data)
+        keys = {k: _key(k) for k in data}
+        # a field under its own name wins over an alias of it ("answer" beside "correct_answer")
+        data = {**{ALIASES.get(n, n): data[k] for k, n in keys.items() if n not in FIELD_NAMES},
+                **{n: data[k] for k, n in keys.items() if n in FIELD_NAMES}}
         for key in ("question", "correct_answer", "confusing_answer"):
             data[key] = _text(data.get(key))
-        kind = str(data.get("question_type", "")).strip().lower().replace("-", "_").replace(" ", "_").replace("/", "_")
-        data["question_type"] = {"yesno": "yes_no", "mcq": "multiple_choice", "choice": "multiple_choice",
-                                 "short": "short_answer", "open": "open_ended"}.get(kind, kind)
         if isinstance(data.get("options"), list):
             data["options"] = [str(_text(o)) for o in data["options"]]
         elif isinstance(data.get("options"), dict):  # {"A": "...", "B": "..."}
             data["options"] = [str(_text(v)) for _, v in sorted(data["options"].items())]
+        kind = _key(data.get("question_type") or "")
+        kind = TYPE_NAMES.get(kind, kind)
+        if kind not in QUESTION_TYPES and all(isinstance(data.get(k), str) for k in ("question", "correct_answer")):
+            # the format as the importer infers it for released data that does not label it
+            kind = infer_question_type(data["question"], data["correct_answer"], data.get("options"),
+                                       data.get("confusing_answer") if isinstance(data.get("confusing_answer"), str) else None)
+            data["inferred_type"] = True
+        data["question_type"] = kind
+        if kind == "multiple_choice" and not data.get("options") and isinstance(data.get("question"), str):
+            data["question"], data["options"] = split_options(data["question"])  # options written into the question
         return data
 
     @field_validator("question")
@@ -100,10 +206,10 @@ class Question(BaseModel):
             raise ValueError("the question is empty")
         return v
 
-    @field_validator("reasoning")
+    @field_validator("reasoning", mode="before")
     @classmethod
-    def _known_reasoning(cls, v: str) -> str:
-        v = v.strip().lower().replace("-", "_").replace(" ", "_")
+    def _known_reasoning(cls, v: Any) -> str:
+        v = _key(v or "")
         return v if v in REASONING_KINDS else "multi_step"
 
     @model_validator(mode="after")
@@ -128,15 +234,11 @@ class Question(BaseModel):
         return self
 
     def _letter(self, answer: str) -> str:
-        """An option letter ("B", "B.", "(B)") or an option's text, as the option letter."""
-        letters = LETTERS[: len(self.options)]
-        bare = answer.strip().strip("().").upper()
-        if len(bare) == 1 and bare in letters:
-            return bare
-        for letter, option in zip(letters, self.options):
-            if answer.strip().lower().rstrip(".") == option.strip().lower().rstrip("."):
-                return letter
-        raise ValueError(f"the answer {answer!r} is neither an option letter nor an option")
+        """An option letter ("B", "B.", "(B)", "B) dog") or an option's text, as the option letter."""
+        letter = option_letter(answer, self.options)
+        if letter is None:
+            raise ValueError(f"the answer {answer!r} is neither an option letter nor an option")
+        return letter
 
     def record_question(self) -> str:
         """The question as the student sees it, in the scene-graph teacher's layout (LLaVA's
@@ -149,13 +251,24 @@ class Question(BaseModel):
         return self.question
 
 
+def _question_list(value: Any) -> bool:
+    """`{"questions": [...]}`, a list of question objects, or one question object."""
+    if isinstance(value, dict):
+        return isinstance(value.get("questions"), list) or any(ALIASES.get(_key(k)) == "question" for k in value)
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def parse_questions(text: str) -> tuple[list[Question], list[str]]:
-    """The QA-collection answer: `{"questions": [...]}` or a bare list. Invalid and repeated
-    questions are reported in `problems`; none valid at all is a `ParseError`."""
-    data = find_json(text)
-    items = data.get("questions") if isinstance(data, dict) else data
-    if not isinstance(items, list) or not items:
-        raise ParseError('expected {"questions": [...]} with at least one question')
+    """The QA-collection answer: `{"questions": [...]}`, a bare list, or a single question, in
+    JSON or as a Python literal. Invalid and repeated questions are reported in `problems`;
+    none valid at all is a `ParseError`."""
+    data = find_json(text, _question_list)
+    if isinstance(data, dict):
+        items = data["questions"] if isinstance(data.get("questions"), list) else [data]
+    else:
+        items = data
+    if not items:
+        raise ParseError('expected a list of questions, each with question, correct_answer and confusing_answer')
     questions, problems, seen = [], [], set()
     for i, item in enumerate(items):
         try:
@@ -168,9 +281,17 @@ def parse_questions(text: str) -> tuple[list[Question], list[str]]:
             continue
         seen.add(q.question.lower())
         questions.append(q)
+    if cut_off(text):  # the complete questions before the cut are kept; the answer is asked again
+        problems.append(f"the answer is cut off after {len(items)} complete question(s)")
     if not questions:
         raise ParseError("no valid question: " + "; ".join(problems)[:500])
     return questions, problems
+
+
+def cut_off(text: str | None) -> bool:
+    """Does the answer's first bracket never close (a model that ran out of tokens)?"""
+    first = re.search(r"[{\[]", text or "")
+    return first is not None and _closing(text, first.start()) is None
 
 
 def parse_rationale(text: str) -> tuple[str, list[str]]:
@@ -181,11 +302,12 @@ def parse_rationale(text: str) -> tuple[str, list[str]]:
         body = fenced.group(1).strip()
     if body.startswith("{"):
         try:
-            data = json.loads(body)
+            data = _decode(body)
         except ValueError:
             data = None
         if isinstance(data, dict):
-            body = str(next((data[k] for k in ("rationale", "explanation", "answer") if k in data), "")).strip()
+            data = {_key(k): v for k, v in data.items()}
+            body = str(next((data[k] for k in ("rationale", "explanation", "analysis", "answer") if k in data), "")).strip()
     if len(body) < MIN_RATIONALE_CHARS:
         raise ParseError(f"the rationale is empty or shorter than {MIN_RATIONALE_CHARS} characters")
     return body, []
@@ -213,14 +335,14 @@ class JudgeAnswer(BaseModel):
 def parse_judge(text: str) -> tuple[JudgeAnswer, list[str]]:
     """`{"contradiction": "yes"|"no", "reason": ...}`, or an answer that starts with yes/no."""
     try:
-        data = find_json(text)
+        data = find_json(text, lambda v: isinstance(v, dict))
     except ParseError:
         word = YES_NO_WORD.match(text or "")
         if not word:
             raise ParseError('expected {"contradiction": "yes" or "no", "reason": "..."}') from None
         return JudgeAnswer(contradiction=word.group(1).lower() == "yes", reason=(text or "").strip()[:300]), []
     try:
-        return JudgeAnswer.model_validate(data), []
+        return JudgeAnswer.model_validate({_key(k): v for k, v in data.items()}), []
     except ValidationError as exc:
         raise ParseError(describe_validation(exc)) from None
 
