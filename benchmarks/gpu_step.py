@@ -151,12 +151,24 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return rss * (1 if sys.platform == "darwin" else 1024), "process resident-set peak (ru_maxrss)"
 
 
-def measured_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    """Dense matmul FLOP/s this device reaches in `dtype` here, median of `repeats`: the
-    attainable ceiling the step is compared with in the same run (the only one on a CPU)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+def measured_matmul_flops(device: torch.device, dtype: torch.dtype, max_n: int = 4096, repeats: int = 5,
+                          budget_s: float = 0.5) -> tuple[float, int]:
+    """Dense matmul FLOP/s this device reaches in `dtype` here, median of `repeats`, and the
+    matrix size it used: the attainable ceiling the step is compared with in the same run (the
+    only one on a CPU). The size doubles up to `max_n` while one product stays well inside
+    `budget_s`: a GPU gets 4096, a CPU without fast bf16 (a 4096 product took about ten
+    minutes on one) a size it can time in a second."""
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        if n >= max_n or (time.perf_counter() - start) * 8 > budget_s:
+            break
+        n *= 2
     times = []
     for _ in range(repeats):
         sync(device)
@@ -164,7 +176,7 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 409
         a @ b
         sync(device)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
+    return 2 * n**3 / statistics.median(times), n
 
 
 def sync(device: torch.device) -> None:
@@ -259,7 +271,7 @@ def main(argv=None) -> dict:
         return result
     mem, how = peak_memory(device)
     step_s = statistics.median(times)
-    matmul = measured_matmul_flops(device, dtype)
+    matmul, matmul_size = measured_matmul_flops(device, dtype)
     upper, lora_est = model_flops(parts, config, args.batch, args.seq)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else (peak_device_flops(name) if device.type == "cuda" else None)
     result |= {"step_seconds_median": step_s, "step_seconds": [round(t, 5) for t in times],
@@ -270,7 +282,7 @@ def main(argv=None) -> dict:
                "peak_tflops": peak / 1e12 if peak else None, "mfu": upper / step_s / peak if peak else None,
                "model_flops_per_step_lora": lora_est, "model_flops_formula_lora": LORA_FORMULA,
                "mfu_lora": lora_est / step_s / peak if peak else None,
-               "matmul_tflops_measured": matmul / 1e12,
+               "matmul_tflops_measured": matmul / 1e12, "matmul_size": matmul_size,
                "fraction_of_measured_matmul": upper / step_s / matmul,
                "fraction_of_measured_matmul_lora": lora_est / step_s / matmul,
                "loss_first": losses[0], "loss_last": losses[-1]}
@@ -279,7 +291,7 @@ def main(argv=None) -> dict:
           f"({config.image_seq_length} image tokens each), trainable {parts['trainable']:,} of {parts['total']:,}")
     print(f"step {step_s * 1e3:.1f} ms (median of {len(times)}), {result['tokens_per_s']:,.0f} tokens/s, "
           f"peak memory {result['peak_memory_gib']:.2f} GiB, {result['achieved_tflops']:.1f} TFLOP/s, {mfu}")
-    print(f"a {args.dtype} 4096x4096 matmul reaches {matmul / 1e12:.2f} TFLOP/s here: the step runs at "
+    print(f"a {args.dtype} {matmul_size}x{matmul_size} matmul reaches {matmul / 1e12:.2f} TFLOP/s here: the step runs at "
           f"{result['fraction_of_measured_matmul']:.1%} of it (LoRA-aware {result['fraction_of_measured_matmul_lora']:.1%})")
     print(f"model FLOPs per step = {UPPER_FORMULA}")
     print(json.dumps(result))

@@ -10,7 +10,7 @@ from reverie.tune import apply_lora
 
 
 def test_tiny_step_on_cpu_reports_positive_figures(capsys):
-    result = main(["--arch", "tiny", "--steps", "2", "--warmup", "1", "--batch", "2", "--seq", "64",
+    result = main(["--arch", "tiny", "--steps", "2", "--warmup", "1", "--batch", "2", "--seq", "64", "--dtype", "fp32",
                    "--device", "cpu"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == json.loads(json.dumps(result))
@@ -23,7 +23,7 @@ def test_tiny_step_on_cpu_reports_positive_figures(capsys):
     assert printed["model_flops_per_step"] == 6 * printed["total_params"] * 2 * 64
     assert "6 * N_total * tokens" in printed["model_flops_formula"]
     assert printed["mfu"] is None  # no peak FLOPs for a CPU unless --peak-tflops
-    assert printed["matmul_tflops_measured"] > 0
+    assert printed["matmul_tflops_measured"] > 0 and 256 <= printed["matmul_size"] <= 4096
     achieved = printed["model_flops_per_step"] / printed["step_seconds_median"] / 1e12
     assert printed["fraction_of_measured_matmul"] == pytest.approx(achieved / printed["matmul_tflops_measured"])
 
