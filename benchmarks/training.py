@@ -56,10 +56,13 @@ def main() -> None:
     samples = [encoder.encode(c) for c in conversations]
     images = ImageTable(processor, data_dir, [s.image for s in samples])
     pad = tokenizer.pad_token_id
-    # the slices run on the data at hand; the projections scale to the params' world
-    scale = params.world.train_images / len(scenes)
+    # the slices run on the data at hand; the projections scale to the world params.yaml asks for
+    from reverie.settings import load_params
+
+    target = load_params().world.train_images
+    scale = target / len(scenes)
     out: dict = {"benchmark": "training", "data": source, "threads": torch.get_num_threads(),
-                 "train_images": len(scenes), "records": len(records), "projected_to_train_images": params.world.train_images}
+                 "train_images": len(scenes), "records": len(records), "projected_to_train_images": target}
 
     # vision pretraining: a slice of its steps, projected to base.vision_epochs
     pixels = images([image_relpath(s) for s in scenes])

@@ -226,7 +226,7 @@ class BaseTrainSettings(Section):
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = 0.0
     existence_probes_per_image: int = Field(2, ge=0)
-    attribute_probes_per_image: int = Field(1, ge=0)  # pairs of colour and size questions
+    attribute_probes_per_image: int = Field(0, ge=0)  # pairs of colour and size questions
     seed: int = 0
     checkpoint_every: int = Field(200, ge=1)
     # vision pretraining of the tiny tower (reverie/student/vision.py); 0 skips it

@@ -45,8 +45,8 @@ def test_the_shuffled_control_moves_every_question_to_another_image():
 def test_description_recall_by_hand():
     scene = Scene("x", "eval", 48, 48, 3, [obj(0, "circle", "red", "small", 0, 0), obj(1, "star", "blue", "large", 1, 1),
                                            obj(2, "bar", "green", "small", 2, 2)])
-    text = ("The circle at the top left is small and red. The star at the center is small and blue. "
-            "The ring at the bottom right is small and green.")
+    text = ("There is a small red circle at the top left. There is a small blue star at the center. "
+            "There is a small green ring at the bottom right.")
     figures = description_recall([scene], [text])
     # circle: kind and attributes right; star: kind right, size wrong; bar: called a ring
     assert figures["description_object_recall"] == pytest.approx(2 / 3)
