@@ -28,7 +28,7 @@ def run_flow(project, **kwargs):
 
 def test_flow_runs_every_stage_then_skips_them_all(flow_project):
     first = run_flow(flow_project)
-    assert list(first) == ["generate", "validate", "base", "tune@response-0", "evaluate@response-0", "report"]
+    assert list(first) == ["generate", "validate", "base", "tune@response-0", "evaluate@response-0", "chance", "report"]
     assert set(first.values()) == {"ran"}
     started = time.perf_counter()
     second = run_flow(flow_project)

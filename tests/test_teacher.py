@@ -102,7 +102,11 @@ def test_all_formats_and_reasoning_kinds_are_generated(generated):
 def test_confusing_answers_are_hard(generated):
     scenes, records = generated
     counting = [r for r in records if r["reasoning"] == "counting"]
-    assert all(abs(int(r["correct_answer"]) - int(r["confusing_answer"])) == 1 for r in counting)
+    # the wrong count is never the right one, and is not always one off: "one more" gives nothing away
+    offsets = [int(r["confusing_answer"]) - int(r["correct_answer"]) for r in counting]
+    assert counting and 0 not in offsets
+    assert {abs(o) for o in offsets} - {1}, "every wrong count is one off"
+    assert any(o < 0 for o in offsets) and any(o > 0 for o in offsets)
     absent_probes = [r for r in records if r["reasoning"] == "existence" and r["correct_answer"] == "no"]
     partners = {"circle": "cross", "cross": "circle", "square": "star", "star": "square"}
     chosen, possible = 0, 0
