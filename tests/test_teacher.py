@@ -102,7 +102,12 @@ def test_all_formats_and_reasoning_kinds_are_generated(generated):
 def test_confusing_answers_are_hard(generated):
     scenes, records = generated
     counting = [r for r in records if r["reasoning"] == "counting"]
-    assert all(abs(int(r["correct_answer"]) - int(r["confusing_answer"])) == 1 for r in counting)
+    # a wrong count drawn evenly from 1 to max(3, n + 1) (world.confusing_count): never the
+    # truth, and not always one off, so that "one more" does not give the wrong answer away
+    for r in counting:
+        n, wrong = int(r["correct_answer"]), int(r["confusing_answer"])
+        assert wrong != n and 1 <= wrong <= max(3, n + 1), r
+    assert {int(r["confusing_answer"]) - int(r["correct_answer"]) for r in counting} - {-1, 1}
     absent_probes = [r for r in records if r["reasoning"] == "existence" and r["correct_answer"] == "no"]
     partners = {"circle": "cross", "cross": "circle", "square": "star", "star": "square"}
     chosen, possible = 0, 0
