@@ -270,4 +270,7 @@ def test_batched_greedy_answers_equal_batch_size_one(tiny):
     one = answerer.answer(questions, batch_size=1, progress=False)
     many = answerer.answer(questions, batch_size=7, progress=False)
     assert one == many
-    assert sum(a == ("red" if int(q.qid[1:]) % 2 else "blue") for q, a in zip(questions, one)) >= 6
+    # and the answers are the model's reading of the image: a constant answerer gets 12 of 24,
+    # a coin 22 or more once in 56,000 tries; this model, trained as above, gets all 24
+    right = sum(a == ("red" if int(q.qid[1:]) % 2 else "blue") for q, a in zip(questions, one))
+    assert right >= 22, one
