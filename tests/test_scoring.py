@@ -225,3 +225,28 @@ def test_score_predictions_routes_each_benchmark_to_its_scorer():
     assert sorted(scores) == ["pope", "scienceqa", "short_answer"]
     assert scores["pope"]["random"]["accuracy"] == 1.0 and scores["pope"]["mean_f1"] == 1.0
     assert scores["short_answer"]["accuracy"] == 0.0 and scores["scienceqa"]["vanilla_accuracy"] == 1.0
+
+
+def test_rescore_cli_reads_saved_predictions_and_writes_hand_computed_scores(tmp_path, capsys):
+    """`python -m reverie.evaluation.rescore`: the figures of the hand-computed POPE table above
+    and a short-answer accuracy of 2/3, from a predictions file alone."""
+    import json
+
+    from reverie.evaluation.rescore import main
+
+    rows = ([dict(r, benchmark="pope") for r in pope_split("random", 3, 1, 1, 3) + pope_split("popular", 2, 2, 2, 2)
+             + pope_split("adversarial", 1, 3, 0, 0)]
+            + [{"benchmark": "short_answer", "label": label, "answer": answer}
+               for label, answer in (("2", "2"), ("red", "Red."), ("4", "5"))])
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main([str(predictions), "--out", str(tmp_path / "scores.json")])
+    written = json.loads((tmp_path / "scores.json").read_text())
+    expected = {"pope.random.f1": 0.75, "pope.random.accuracy": 0.75, "pope.random.yes_ratio": 0.5,
+                "pope.popular.f1": 0.5, "pope.popular.accuracy": 0.5, "pope.popular.yes_ratio": 0.5,
+                "pope.adversarial.f1": 0.4, "pope.adversarial.accuracy": 0.25, "pope.adversarial.yes_ratio": 1.0,
+                "pope.mean_f1": (0.75 + 0.5 + 0.4) / 3, "short_answer.accuracy": 2 / 3}
+    assert {k: written[k] for k in expected} == pytest.approx(expected)
+    printed = json.loads(capsys.readouterr().out)
+    assert {k: printed[k] for k in expected} == pytest.approx(expected)
+    assert written["scores"]["pope"]["adversarial"]["n"] == 4 and written["scores"]["short_answer"]["n"] == 3
