@@ -85,6 +85,8 @@ def test_rescoring_unknown_benchmark_is_an_error():
     ("NO", True), ("Not at all", True), ("NOT", True), ("No", False), ("no", False), ("not", False),
     ("There is no", False), ("Yes, no doubt", False), ("No, it is not", False), ("yes.no", True),
     ("I see nothing", True), ("Nope", True), ("no.", False), ("The answer is yes. no", True),
+    # commas are removed before the split; only spaces separate words (not a newline or a tab)
+    ("No, a star", False), ("There is\nno star", True), ("There is\tno star", True),
 ])
 def test_pope_answer_rule_is_the_references_exactly(answer, yes):
     assert pope_yes(answer) is yes
@@ -203,17 +205,28 @@ def test_reasoning_by_type_and_kind_by_hand():
     rows = [
         {"question_type": "yes_no", "reasoning": "existence", "label": "yes", "answer": "Yes."},  # right
         {"question_type": "yes_no", "reasoning": "existence", "label": "no", "answer": "yes"},  # wrong
+        # right by MME's rule (yes within the first four characters), wrong as a short answer
+        {"question_type": "yes_no", "reasoning": "existence", "label": "yes", "answer": "Yes, there is one"},
         {"question_type": "multiple_choice", "reasoning": "attribute", "label": "B", "options": ["red", "blue"],
          "answer": "blue"},  # right, by the option's text
         {"question_type": "multiple_choice", "label": "A", "options": ["red", "blue"], "answer": "B"},  # wrong, no kind
         {"question_type": "short_answer", "reasoning": "counting", "label": "3", "answer": "three"},  # right
     ]
     m = score_reasoning(rows)
-    assert m == {"accuracy": 0.6, "yes_no": {"accuracy": 0.5, "n": 2}, "multiple_choice": {"accuracy": 0.5, "n": 2},
-                 "short_answer": {"accuracy": 1.0, "n": 1}, "kind_existence": {"accuracy": 0.5, "n": 2},
+    assert m == {"accuracy": 4 / 6, "yes_no": {"accuracy": 2 / 3, "n": 3}, "multiple_choice": {"accuracy": 0.5, "n": 2},
+                 "short_answer": {"accuracy": 1.0, "n": 1}, "kind_existence": {"accuracy": 2 / 3, "n": 3},
                  "kind_attribute": {"accuracy": 1.0, "n": 1}, "kind_other": {"accuracy": 0.0, "n": 1},
                  "kind_counting": {"accuracy": 1.0, "n": 1}}
     assert score_reasoning([]) == {"accuracy": 0.0}
+
+
+def test_binary_metrics_without_items_or_without_positives_are_zero():
+    from reverie.evaluation.scoring import binary_metrics
+
+    assert binary_metrics([], []) == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0, "n": 0}
+    # no item is truly "yes": recall is 0 by convention (nothing to recall), one false yes in two
+    assert binary_metrics([True, False], [False, False]) == {"accuracy": 0.5, "precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                                            "yes_ratio": 0.5, "n": 2}
 
 
 def test_score_predictions_routes_each_benchmark_to_its_scorer():
