@@ -4,6 +4,7 @@ import csv
 import io
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -76,7 +77,14 @@ def test_popular_and_adversarial_negatives_are_chosen_as_pope_chooses_them():
     frequency = Counter({"circle": 90, "square": 80, "star": 50, "ring": 40, "bar": 30, "cross": 10, "triangle": 5})
     together = Counter({("circle", "triangle"): 20, ("square", "triangle"): 5, ("cross", "square"): 30,
                         ("circle", "pole"): 3, ("circle", "star"): 1, ("ring", "star"): 40})
-    items = pope([scene("a", "circle", "square"), scene("b", "star", "circle")], kinds, frequency, together, 2, seed=0)
+    # a scene holding every kind has no negative to ask about: it is left out, and the others follow
+    items = pope([scene("full", *kinds), scene("a", "circle", "square"), scene("b", "star", "circle")], kinds, frequency,
+                 together, 2, seed=0)
+    assert {it.image for it in items} == {"images/eval/a.png", "images/eval/b.png"}
+    assert all(it.benchmark == "pope" and it.qid == f"pope-{it.extra['split']}-{Path(it.image).stem}-{it.extra['object']}"
+               for it in items) and len({it.qid for it in items}) == len(items)
+    # each image's questions are drawn from its own seed: the same alone as among others
+    assert pope([scene("b", "star", "circle")], kinds, frequency, together, 2, seed=0) == items[len(items) // 2:]
 
     def objects(image_id, split, label):
         return [it.extra["object"] for it in items
@@ -98,6 +106,10 @@ def test_popular_and_adversarial_negatives_are_chosen_as_pope_chooses_them():
     # an object never seen in the train scenes comes last in the popular order
     only_unseen = pope([scene("c", *[k for k in kinds if k not in ("pole", "triangle")])], kinds, frequency, together, 2, 0)
     assert [it.extra["object"] for it in only_unseen if it.extra["split"] == "popular" and it.label == "no"] == ["triangle", "pole"]
+    # equal frequencies are ordered by name, whatever order the counts were met in
+    tie = Counter({"ring": 7, "bar": 7})
+    tied = pope([scene("d", *[k for k in kinds if k not in ("ring", "bar")])], kinds, tie, Counter(), 2, 0)
+    assert [it.extra["object"] for it in tied if it.extra["split"] == "popular" and it.label == "no"] == ["bar", "ring"]
 
 
 def test_mme_pairs_one_yes_one_no_per_image_and_subtask(world):
