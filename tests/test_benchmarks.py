@@ -4,6 +4,7 @@ import csv
 import io
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -59,6 +60,56 @@ def test_popular_and_adversarial_negatives_follow_frequency_and_cooccurrence(wor
         scene = next(s for s in held_out if it.image.endswith(s.image_id + ".png"))
         rand_hits += any(partners.get(k) == it.extra["object"] for k in scene.kinds())
     assert hits > rand_hits
+
+
+def test_popular_and_adversarial_negatives_are_chosen_as_pope_chooses_them():
+    """POPE (Li et al. 2023): popular negatives are the absent objects most frequent in the
+    dataset, adversarial ones the absent objects that co-occur most with the objects present.
+    Counts set by hand so that neither order is the alphabetical or a random one."""
+    from reverie.world import Scene, SceneObject
+
+    kinds = ["circle", "square", "triangle", "star", "cross", "bar", "pole", "ring"]
+
+    def scene(image_id, *present):
+        return Scene(image_id, "eval", 64, 64, 4,
+                     [SceneObject(i, k, "red", "small", 0, i, (0, 0, 8, 8)) for i, k in enumerate(present)])
+
+    frequency = Counter({"circle": 90, "square": 80, "star": 50, "ring": 40, "bar": 30, "cross": 10, "triangle": 5})
+    together = Counter({("circle", "triangle"): 20, ("square", "triangle"): 5, ("cross", "square"): 30,
+                        ("circle", "pole"): 3, ("circle", "star"): 1, ("ring", "star"): 40})
+    # a scene holding every kind has no negative to ask about: it is left out, and the others follow
+    items = pope([scene("full", *kinds), scene("a", "circle", "square"), scene("b", "star", "circle")], kinds, frequency,
+                 together, 2, seed=0)
+    assert {it.image for it in items} == {"images/eval/a.png", "images/eval/b.png"}
+    assert all(it.benchmark == "pope" and it.qid == f"pope-{it.extra['split']}-{Path(it.image).stem}-{it.extra['object']}"
+               for it in items) and len({it.qid for it in items}) == len(items)
+    # each image's questions are drawn from its own seed: the same alone as among others
+    assert pope([scene("b", "star", "circle")], kinds, frequency, together, 2, seed=0) == items[len(items) // 2:]
+
+    def objects(image_id, split, label):
+        return [it.extra["object"] for it in items
+                if it.image.endswith(f"/{image_id}.png") and it.extra["split"] == split and it.label == label]
+
+    # a: absent triangle, star, cross, bar, pole, ring; frequencies 5, 50, 10, 30, (never seen), 40
+    assert objects("a", "popular", "no") == ["star", "ring"]
+    # co-occurrence with circle and square: triangle 20 + 5, cross 30, pole 3, star 1
+    assert objects("a", "adversarial", "no") == ["cross", "triangle"]
+    # b: star is present and square absent (80); ring goes with star (40), triangle with circle (20)
+    assert objects("b", "popular", "no") == ["square", "ring"]
+    assert objects("b", "adversarial", "no") == ["ring", "triangle"]
+    for image_id, present in (("a", {"circle", "square"}), ("b", {"star", "circle"})):
+        random_negatives = objects(image_id, "random", "no")
+        assert len(random_negatives) == len(set(random_negatives)) == 2 and not set(random_negatives) & present
+        # the same present objects are asked in every split; only the negatives differ
+        positives = [objects(image_id, split, "yes") for split in ("random", "popular", "adversarial")]
+        assert positives[0] == positives[1] == positives[2] and set(positives[0]) == present
+    # an object never seen in the train scenes comes last in the popular order
+    only_unseen = pope([scene("c", *[k for k in kinds if k not in ("pole", "triangle")])], kinds, frequency, together, 2, 0)
+    assert [it.extra["object"] for it in only_unseen if it.extra["split"] == "popular" and it.label == "no"] == ["triangle", "pole"]
+    # equal frequencies are ordered by name, whatever order the counts were met in
+    tie = Counter({"ring": 7, "bar": 7})
+    tied = pope([scene("d", *[k for k in kinds if k not in ("ring", "bar")])], kinds, tie, Counter(), 2, 0)
+    assert [it.extra["object"] for it in tied if it.extra["split"] == "popular" and it.label == "no"] == ["bar", "ring"]
 
 
 def test_mme_pairs_one_yes_one_no_per_image_and_subtask(world):

@@ -131,9 +131,10 @@ def test_the_model_runs_all_three_steps_in_batches(tiny_llava, images, tmp_path)
     assert {"qa", "rationale", "judge"} <= set(steps)
     assert steps.count("rationale") >= 2 * QUESTIONS * len(images)  # each question's two rationales, by the model
     assert max(len(b) for b in vlm.batches) == 4 and len(vlm.batches) < len(steps)
-    # eight random tokens are neither a rationale of ten characters nor a judgement: quarantined
-    assert len(records) + len(quarantined) == QUESTIONS * len(images)
-    assert quarantined and {q["reason"].split(":")[0] for q in quarantined} <= {"rationale", "judge"}
+    # eight random tokens are neither a rationale of ten characters nor a judgement: every item
+    # is quarantined (that records come out of these steps is shown with scripted answers below)
+    assert records == [] and len(quarantined) == QUESTIONS * len(images)
+    assert {q["reason"].split(":")[0] for q in quarantined} <= {"rationale", "judge"}
     assert [q["id"] for q in quarantined] == sorted(q["id"] for q in quarantined)
 
 
@@ -219,12 +220,34 @@ def test_generate_writes_the_local_teachers_records(tmp_path, images, monkeypatc
     params = Params.model_validate(data)
     logged = []  # MLflow itself is exercised by the OpenAI teacher's tests (and costs seconds)
     monkeypatch.setattr(reverie.generate, "log_generation_run", lambda params, metrics: logged.append(metrics))
-    teach = partial(generate_with_local, generator=ScriptedVLM())
+
+    class OneContradiction(ScriptedVLM):
+        """The judge finds the first item it reads contradictory, and every other consistent."""
+        def __init__(self):
+            super().__init__()
+            self.flagged: list[str] = []
+
+        def __call__(self, batch, max_new_tokens):
+            answers = super().__call__(batch, max_new_tokens)
+            for i, chat in enumerate(batch):
+                if step_of(chat) == "judge":
+                    contradiction = not self.flagged
+                    if contradiction:
+                        self.flagged.append(json.dumps(chat))
+                    answers[i] = json.dumps({"contradiction": "yes" if contradiction else "no", "reason": "scripted"})
+            return answers
+
+    judge = OneContradiction()
+    teach = partial(generate_with_local, generator=judge)
     result = generate_from_image_folder(params, tmp_path / "data", progress=False, teach=teach)
     assert logged == [result.metrics]
     assert len(result.raw) == 3 * QUESTIONS and result.metrics["teacher_calls"] == 3 * (1 + 2 * QUESTIONS + QUESTIONS)
-    filtered = (tmp_path / "data" / "records" / "filtered.jsonl").read_text().splitlines()
-    assert len(filtered) == result.metrics["records"] == sum(r["judge"]["consistent"] for r in result.raw)
+    # the item the judge rejected is the one left out; the five others are kept
+    filtered = [json.loads(line) for line in (tmp_path / "data" / "records" / "filtered.jsonl").read_text().splitlines()]
+    assert len(filtered) == result.metrics["records"] == 3 * QUESTIONS - 1
+    [dropped] = [r for r in result.raw if r["id"] not in {f["id"] for f in filtered}]
+    assert json.dumps(dropped["question"])[1:-1] in judge.flagged[0]
+    assert all(f["question"] and json.dumps(f["question"])[1:-1] not in judge.flagged[0] for f in filtered)
     for r in result.raw:
         assert (tmp_path / "data" / r["image"]).is_file() and r["image"].startswith(f"images/{r['split']}/")
 

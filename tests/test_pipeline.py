@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from tests.conftest import dvc
 
 
@@ -110,4 +112,20 @@ def test_saved_predictions_rescore_without_the_model(repro_project, tmp_path):
     rescored = json.loads(out.read_text())
     original = json.loads((project / "metrics/eval/response-s0.json").read_text())
     for key in ("pope.random.f1", "pope.mean_f1", "mme.score", "mmbench.circular_accuracy", "short_answer.accuracy"):
-        assert rescored[key] == original[key], key
+        assert rescored[key] == original[key], key  # the stage's figures come back from the file alone
+    # and they are POPE's, recounted here from the saved answers (not by the scorer under test)
+    rows = [json.loads(line) for line in (project / "predictions/response-s0.jsonl").read_text().splitlines()]
+    f1s = [pope_f1_recount([r for r in rows if r["benchmark"] == "pope" and r["split"] == split])
+           for split in ("random", "popular", "adversarial")]
+    assert [rescored[f"pope.{s}.f1"] for s in ("random", "popular", "adversarial")] == pytest.approx(f1s)
+    assert rescored["pope.mean_f1"] == pytest.approx(sum(f1s) / 3)
+
+
+def pope_f1_recount(rows: list[dict]) -> float:
+    """POPE's reference rule: an answer is "no" when the words before its first period hold
+    "no", "No" or "not"; F1 of the "yes" class."""
+    said_yes = [not {"no", "No", "not"} & set(r["answer"].split(".")[0].replace(",", "").split(" ")) for r in rows]
+    truly_yes = [r["label"] == "yes" for r in rows]
+    tp = sum(p and t for p, t in zip(said_yes, truly_yes))
+    predicted, actual = sum(said_yes), sum(truly_yes)
+    return 2 * tp / (predicted + actual) if tp else 0.0

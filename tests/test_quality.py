@@ -1,12 +1,16 @@
+"""The quality suite: every one of its 15 expectations is triggered by a record made bad in
+one way only, and that expectation alone fails; a bad row is quarantined under the name of
+the rule it broke (and no other), and the clean split keeps everything else."""
 import copy
 
 import pytest
 from PIL import Image
 
-from reverie.quality import run_suite
+from reverie.quality import ROW_RULES, run_suite
 from reverie.settings import ValidateSettings
 
 SETTINGS = ValidateSettings(min_records=4, min_type_share=0.05, max_bad_row_fraction=0.0)
+TYPES = ["yes_no", "multiple_choice", "short_answer", "open_ended"]
 
 
 def record(i, qtype="yes_no", split="train", **kw):
@@ -29,8 +33,8 @@ def good(tmp_path):
         (tmp_path / "images" / split).mkdir(parents=True)
         for i in range(4):
             Image.new("RGB", (8, 8)).save(tmp_path / "images" / split / f"img{i}.png")
-    types = ["yes_no", "multiple_choice", "short_answer", "open_ended"]
-    rows = [record(i, types[i % 4]) for i in range(16)] + [record(100 + i, types[i % 4], "eval") for i in range(4)]
+    # rows 0..15 train (r0 yes_no, r1 multiple_choice, r2 short_answer, r3 open_ended, ...), 16..19 eval
+    rows = [record(i, TYPES[i % 4]) for i in range(16)] + [record(100 + i, TYPES[i % 4], "eval") for i in range(4)]
     return tmp_path, rows
 
 
@@ -38,30 +42,132 @@ def test_good_records_pass(good):
     root, rows = good
     result = run_suite(rows, SETTINGS, root)
     assert result.success, result.failed
+    assert result.failed == [] and result.expectations == 15
     assert len(result.clean) == len(rows) and not result.quarantined
 
 
-@pytest.mark.parametrize("mutate, rule", [
-    (lambda rs: rs[0].update(correct_answer=rs[0]["confusing_answer"]), "answers_differ"),
-    (lambda rs: rs[1].update(correct_answer="E"), "choice_answer_in_options"),
-    (lambda rs: rs[0].update(correct_answer="maybe"), "yes_no_answers_are_yes_no"),
-    (lambda rs: rs[2].update(correct_rationale="red"), "rationale_not_answer_copy"),
-    (lambda rs: rs[3].update(question=""), "fields_present"),
-    (lambda rs: rs[3].update(incorrect_rationale="x" * 5000), "rationale_length_ok"),
-    (lambda rs: rs[5].update(id=rs[4]["id"]), "ids_unique"),
-    (lambda rs: rs[6].update(image="images/train/missing.png"), "image_decodes"),
-    (lambda rs: rs[7].update(image="../../etc/passwd"), "image_decodes"),
-    (lambda rs: rs[-1].update(image=rs[0]["image"]), "no_image_in_both_splits"),
-    (lambda rs: [r.update(question_type="yes_no", options=None, correct_answer="no", confusing_answer="yes")
-                 for r in rs if r["question_type"] == "open_ended"], "all_question_types_present"),
-])
-def test_bad_records_fail_the_named_expectation(good, mutate, rule):
+# A long short answer, so that a rationale can copy it and still be of a rationale's length.
+LONG = dict(correct_answer="a large red circle at the top", confusing_answer="a small blue square at the left")
+
+ROW_CASES = [  # (what is wrong, row index, the change, the one rule it breaks)
+    ("question blank but long enough", 0, dict(question=" " * 30), "fields_present"),
+    ("id empty", 0, dict(id=""), "fields_present"),
+    ("question under the minimum", 0, dict(question="Is it?"), "question_length_ok"),
+    ("question over the maximum", 0, dict(question="Is there a star? " + "x" * 400), "question_length_ok"),
+    ("correct answer over the maximum", 2, dict(correct_answer="r" * 201), "answer_length_ok"),
+    ("confusing answer over the maximum", 2, dict(confusing_answer="b" * 201), "answer_length_ok"),
+    ("positive rationale under the minimum", 0, dict(correct_rationale="No star seen."), "rationale_length_ok"),
+    ("negative rationale over the maximum", 0, dict(incorrect_rationale="x" * 601), "rationale_length_ok"),
+    ("answers equal", 2, dict(correct_answer="blue"), "answers_differ"),
+    ("answers equal once normalised", 2, dict(correct_answer=" Blue. ", confusing_answer="blue"), "answers_differ"),
+    ("answer not an option letter", 1, dict(correct_answer="E"), "choice_answer_in_options"),
+    ("one option only", 1, dict(options=["circle"]), "choice_answer_in_options"),
+    ("options missing", 1, dict(options=None), "choice_answer_in_options"),
+    ("correct yes/no answer not yes/no", 0, dict(correct_answer="maybe"), "yes_no_answers_are_yes_no"),
+    ("confusing yes/no answer not yes/no", 0, dict(confusing_answer="perhaps"), "yes_no_answers_are_yes_no"),
+    ("positive rationale copies the correct answer", 2, dict(LONG, correct_rationale="A large red circle at the top."),
+     "rationale_not_answer_copy"),
+    ("positive rationale copies the confusing answer", 2, dict(LONG, correct_rationale="a small blue square at the left"),
+     "rationale_not_answer_copy"),
+    ("negative rationale copies the correct answer", 2, dict(LONG, incorrect_rationale="A large red circle at the top"),
+     "rationale_not_answer_copy"),
+    ("negative rationale copies the confusing answer", 2, dict(LONG, incorrect_rationale="A small blue square at the left."),
+     "rationale_not_answer_copy"),
+    ("unknown question type", 3, dict(question_type="essay"), "question_type_known"),
+    ("image missing", 6, dict(image="images/train/missing.png"), "image_decodes"),
+    ("image outside the data root", 7, dict(image="../../etc/passwd"), "image_decodes"),
+]
+
+
+@pytest.mark.parametrize("index, change, rule", [c[1:] for c in ROW_CASES], ids=[c[0] for c in ROW_CASES])
+def test_a_bad_row_fails_its_expectation_alone_and_is_quarantined_under_its_name(good, index, change, rule):
+    root, rows = good
+    rows = copy.deepcopy(rows)
+    rows[index].update(change)
+    result = run_suite(rows, SETTINGS, root)
+    assert not result.success
+    assert result.failed == [rule]
+    assert [(q["reason"], q["record"]) for q in result.quarantined] == [(f"quality: {rule}", rows[index])]
+    assert list(result.clean.index) == [i for i in range(len(rows)) if i != index]
+
+
+def test_a_tolerated_bad_row_is_quarantined_and_the_suite_passes(good):
+    root, rows = good
+    rows = copy.deepcopy(rows)
+    rows[2].update(correct_answer="blue")  # 1 bad row in 20: within a 10 % tolerance
+    result = run_suite(rows, SETTINGS.model_copy(update={"max_bad_row_fraction": 0.1}), root)
+    assert result.success and result.failed == []
+    assert [q["reason"] for q in result.quarantined] == ["quality: answers_differ"]
+    assert "r2" not in set(result.clean["id"]) and len(result.clean) == 19
+
+
+def test_a_row_breaking_two_rules_names_both(good):
+    root, rows = good
+    rows = copy.deepcopy(rows)
+    rows[0].update(question="", correct_answer="maybe")
+    result = run_suite(rows, SETTINGS, root)
+    assert sorted(result.failed) == ["fields_present", "question_length_ok", "yes_no_answers_are_yes_no"]
+    [q] = result.quarantined
+    assert q["reason"] == "quality: fields_present, question_length_ok, yes_no_answers_are_yes_no"
+
+
+def test_answers_as_option_text_and_yes_no_in_any_case_pass(good):
+    root, rows = good
+    rows = copy.deepcopy(rows)
+    rows[1].update(correct_answer="circle")  # the option's text instead of its letter
+    rows[0].update(correct_answer="No.", confusing_answer=" YES ")
+    result = run_suite(rows, SETTINGS, root)
+    assert result.success, result.failed
+    assert not result.quarantined
+
+
+def convert_open_ended(rows, keep: int):
+    """Turns every open-ended row but the first `keep` train ones into a yes/no row."""
+    kept = 0
+    for r in rows:
+        if r["question_type"] == "open_ended":
+            if r["split"] == "train" and kept < keep:
+                kept += 1
+                continue
+            r.update(question_type="yes_no", options=None, question="Is there a star in the image?",
+                     correct_answer="no", confusing_answer="yes")
+
+
+TABLE_CASES = [  # table-level rules: the expectation fails, no row is quarantined
+    ("repeated id", lambda rs: rs[5].update(id=rs[4]["id"]), SETTINGS, "ids_unique"),
+    ("an image in both splits", lambda rs: rs[-1].update(image=rs[0]["image"]), SETTINGS, "no_image_in_both_splits"),
+    ("too few records", lambda rs: None, SETTINGS.model_copy(update={"min_records": 21}), "enough_records"),
+    ("a question type missing", lambda rs: convert_open_ended(rs, keep=0), SETTINGS, "all_question_types_present"),
+    # one open-ended row in 16 train rows is 6.25 %: under a 10 % minimum share
+    ("a question type too rare", lambda rs: convert_open_ended(rs, keep=1),
+     SETTINGS.model_copy(update={"min_type_share": 0.1}), "question_type_share"),
+]
+
+
+@pytest.mark.parametrize("mutate, settings, rule", [c[1:] for c in TABLE_CASES], ids=[c[0] for c in TABLE_CASES])
+def test_a_bad_table_fails_its_expectation_alone(good, mutate, settings, rule):
     root, rows = good
     rows = copy.deepcopy(rows)
     mutate(rows)
-    result = run_suite(rows, SETTINGS, root)
+    result = run_suite(rows, settings, root)
     assert not result.success
-    assert rule in result.failed, result.failed
+    assert result.failed == [rule]
+    assert result.quarantined == [] and len(result.clean) == len(rows)
+
+
+def test_the_minimum_is_met_exactly(good):
+    root, rows = good
+    # 20 records against a minimum of 20; 1 open-ended row in 16 (6.25 %) against a 6.25 % share
+    rows = copy.deepcopy(rows)
+    convert_open_ended(rows, keep=1)
+    result = run_suite(rows, SETTINGS.model_copy(update={"min_records": 20, "min_type_share": 1 / 16}), root)
+    assert result.success, result.failed
+
+
+def test_every_expectation_is_triggered_by_a_case_here():
+    triggered = {c[-1] for c in ROW_CASES} | {c[-1] for c in TABLE_CASES}
+    assert triggered == {r.name for r in ROW_RULES} | {"ids_unique", "no_image_in_both_splits", "enough_records",
+                                                       "all_question_types_present", "question_type_share"}
 
 
 def test_a_corrupt_image_is_quarantined_with_its_reason(good):
@@ -71,6 +177,6 @@ def test_a_corrupt_image_is_quarantined_with_its_reason(good):
     result = run_suite(rows, tolerant, root)
     assert result.success
     bad = {q["record"]["id"] for q in result.quarantined}
-    assert bad == {r["id"] for r in rows if r["image"].endswith("img3.png") and r["split"] == "train"}
-    assert all("image_decodes" in q["reason"] for q in result.quarantined)
+    assert bad == {r["id"] for r in rows if r["image"].endswith("img3.png") and r["split"] == "train"} == {"r3", "r7", "r11", "r15"}
+    assert all(q["reason"] == "quality: image_decodes" for q in result.quarantined)
     assert not bad & set(result.clean["id"])

@@ -102,11 +102,12 @@ def test_all_formats_and_reasoning_kinds_are_generated(generated):
 def test_confusing_answers_are_hard(generated):
     scenes, records = generated
     counting = [r for r in records if r["reasoning"] == "counting"]
-    # the wrong count is never the right one, and is not always one off: "one more" gives nothing away
-    offsets = [int(r["confusing_answer"]) - int(r["correct_answer"]) for r in counting]
-    assert counting and 0 not in offsets
-    assert {abs(o) for o in offsets} - {1}, "every wrong count is one off"
-    assert any(o < 0 for o in offsets) and any(o > 0 for o in offsets)
+    # a wrong count drawn evenly from 1 to max(3, n + 1) (world.confusing_count): never the
+    # truth, and not always one off, so that "one more" does not give the wrong answer away
+    for r in counting:
+        n, wrong = int(r["correct_answer"]), int(r["confusing_answer"])
+        assert wrong != n and 1 <= wrong <= max(3, n + 1), r
+    assert {int(r["confusing_answer"]) - int(r["correct_answer"]) for r in counting} - {-1, 1}
     absent_probes = [r for r in records if r["reasoning"] == "existence" and r["correct_answer"] == "no"]
     partners = {"circle": "cross", "cross": "circle", "square": "star", "star": "square"}
     chosen, possible = 0, 0

@@ -160,14 +160,7 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
     accelerator.register_for_checkpointing(scheduler, progress_state)
     _checkpoint_trainable_weights_only(accelerator)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    resume = _checkpoint_to_resume(ckpt) if ckpt else None
-    if resume:
-        accelerator.load_state(str(resume))
-        start, history = progress_state.step, progress_state.history
-        if accelerator.is_main_process:
-            print(f"[{desc}] resumed from step {start} of {total} ({resume})")
-    else:
-        start, history = 0, []
+    start, history = _resume(accelerator, progress_state, ckpt, total, desc)
 
     model.train()
     sums = {"tokens": 0, "padded": 0, "samples": 0}
@@ -226,7 +219,7 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
             bar.set_postfix(loss=f"{entry['loss']:.3f}", refresh=False)
             if on_log and accelerator.is_main_process:
                 on_log(step + 1, entry)
-        if ckpt and ((step + 1) % cfg.checkpoint_every == 0) and step + 1 < total:
+        if ckpt and _checkpoint_due(step + 1, cfg.checkpoint_every, total):
             _save_checkpoint(accelerator, progress_state, step + 1, history, ckpt)
     bar.close()
     elapsed = time.perf_counter() - started
@@ -245,6 +238,7 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
         "padding_fraction": 1 - sums["tokens"] / sums["padded"] if sums["padded"] else 0.0,
         "train_seconds": elapsed,
         "processes": world,
+        "resumed_from": start,  # the step of the checkpoint this run went on from (0: from the start)
     }
     if ckpt and done < total:
         _save_checkpoint(accelerator, progress_state, done, history, ckpt)
@@ -287,6 +281,23 @@ def remove_checkpoints(state_dir: str | Path, run: str) -> None:
     """Once a run's model is saved: its checkpoint, and any a changed input left behind."""
     for directory in (Path(state_dir) / "checkpoints").glob(f"{run}-*"):
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _resume(accelerator, progress_state: _Progress, directory: Path | None, total: int, desc: str) -> tuple[int, list[dict]]:
+    """(step, history) of the last complete checkpoint in `directory`, whose model, optimizer,
+    scheduler and RNG states are loaded; (0, []) when there is none."""
+    resume = _checkpoint_to_resume(directory) if directory else None
+    if not resume:
+        return 0, []
+    accelerator.load_state(str(resume))
+    if accelerator.is_main_process:
+        print(f"[{desc}] resumed from step {progress_state.step} of {total} ({resume})")
+    return progress_state.step, progress_state.history
+
+
+def _checkpoint_due(done: int, every: int, total: int) -> bool:
+    """After `done` steps: a checkpoint every `every` steps, but none after the last (the model is saved then)."""
+    return done % every == 0 and done < total
 
 
 def _checkpoint_to_resume(directory: Path) -> Path | None:
