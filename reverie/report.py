@@ -223,7 +223,8 @@ def markdown(result: dict) -> str:
         lines += [f"Base student: held-out existence accuracy {base['heldout_existence_accuracy']:.3f} "
                   f"(yes-ratio {base['heldout_yes_ratio']:.2f}); the same questions on shuffled images "
                   f"{base['shuffled_image_accuracy']:.3f}; descriptions name "
-                  f"{base.get('description_object_recall', float('nan')):.0%} of the objects right.", ""]
+                  f"{base.get('description_kind_recall', float('nan')):.0%} of the objects' kinds, "
+                  f"{base.get('description_object_recall', float('nan')):.0%} at the right position.", ""]
     seeds = max((len(r["seeds"]) for r in result["variants"].values()), default=0)
     lines += [f"## Headline: mean ± std over {seeds} seed(s)", "",
               "| variant | seeds | " + " | ".join(label for _, label in cols) + " |",

@@ -26,7 +26,8 @@ def main() -> None:
             print(f"[base] held-out existence accuracy {metrics['heldout_existence_accuracy']:.3f} "
                   f"(yes-ratio {metrics['heldout_yes_ratio']:.2f}), shuffled images "
                   f"{metrics['shuffled_image_accuracy']:.3f}, descriptions name "
-                  f"{metrics.get('description_object_recall', float('nan')):.0%} of the objects")
+                  f"{metrics.get('description_kind_recall', float('nan')):.0%} of the objects' kinds, "
+                  f"{metrics.get('description_object_recall', float('nan')):.0%} at the right position")
         if failure:
             raise StageFailed(failure)
 

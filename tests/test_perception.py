@@ -51,6 +51,11 @@ def test_description_recall_by_hand():
     # circle: kind and attributes right; star: kind right, size wrong; bar: called a ring
     assert figures["description_object_recall"] == pytest.approx(2 / 3)
     assert figures["description_attribute_recall"] == pytest.approx(1 / 3)
+    assert figures["description_kind_recall"] == pytest.approx(2 / 3)
+    # the right kinds at the wrong places: named, but not where they are
+    moved = "There is a small red star at the top left. There is a small red circle at the bottom right. There is a small red bar at the center."
+    figures = description_recall([scene], [moved])
+    assert figures["description_kind_recall"] == 1.0 and figures["description_object_recall"] == 0.0
 
 
 def test_count_questions_ask_repeated_kinds_and_draw_wrong_counts_evenly():

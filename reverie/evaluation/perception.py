@@ -7,6 +7,7 @@ read through a student that answers from priors."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 from ..student.base import DESCRIBE, EXISTENCE, parse_description
@@ -43,19 +44,24 @@ def shuffled(questions: list[Question]) -> list[Question]:
 
 
 def description_recall(scenes: list[Scene], descriptions: list[str]) -> dict[str, float]:
-    """Share of the objects a description names at their position with the right kind, and with
-    the right kind, colour and size."""
-    kind_right = all_right = total = 0
+    """Share of the objects a description names at their position with the right kind; named
+    with the right kind anywhere (kinds counted with multiplicity); and with the right kind,
+    colour and size at their position."""
+    kind_right = all_right = kind_anywhere = total = 0
     for scene, text in zip(scenes, descriptions):
         said: dict[str, list[tuple[str, str, str]]] = {}
-        for named in parse_description(text):
-            said.setdefault(named["position"], []).append((named["size"], named["color"], named["kind"]))
+        named = parse_description(text)
+        for item in named:
+            said.setdefault(item["position"], []).append((item["size"], item["color"], item["kind"]))
         for obj in scene.objects:
             total += 1
             here = said.get(position_name(obj.row, obj.col, scene.grid), [])
             kind_right += any(kind == obj.kind for _, _, kind in here)
             all_right += (obj.size, obj.color, obj.kind) in here
+        truth, told = Counter(o.kind for o in scene.objects), Counter(item["kind"] for item in named)
+        kind_anywhere += sum((truth & told).values())
     return {"description_object_recall": kind_right / total if total else 0.0,
+            "description_kind_recall": kind_anywhere / total if total else 0.0,
             "description_attribute_recall": all_right / total if total else 0.0}
 
 
