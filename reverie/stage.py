@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 
 from .settings import ParamsError, load_params
@@ -15,6 +16,10 @@ def quiet_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a
+    # model (PeftModel.__init__), so every tune and evaluate warned about code that is not ours;
+    # filtered by its exact text so that any other deprecation still shows
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
