@@ -1,32 +1,81 @@
-"""What the Prefect flow needs and that is not Prefect: the stage order from dvc.yaml, the
-`dvc repro` command line, and params overrides written the way `dvc exp run -S` writes them."""
+"""What the Prefect flow needs and that is not Prefect: which DVC stages to run (asked of DVC
+once), the `dvc repro` command line, and params overrides written the way `dvc exp run -S`
+writes them."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .settings import load_params
+from .workspace import dvc_command
 
-STAGE_ORDER = ("generate", "validate", "base", "tune", "evaluate", "report")
+# DVC's messages when another process holds its repo lock or a stage's read/write lock
+DVC_LOCK_ERRORS = ("Unable to acquire lock", "is busy, it is being blocked by")
 
 
-def planned_stages(params_path: str | Path = "params.yaml", dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
-    """The DVC stage names in dependency order; matrix stages expand per variant and seed
-    (DVC names them `tune@<variant>-<seed>`)."""
-    params = load_params(params_path)
-    declared = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
-    names = []
-    for stage in STAGE_ORDER:
-        if stage not in declared:
-            continue
-        if "matrix" in declared[stage]:
-            names += [f"{stage}@{v}-{s}" for v in params.tune.variants for s in params.tune.seeds]
-        else:
-            names.append(stage)
-    return names
+@dataclass(frozen=True)
+class Plan:
+    """Every stage of dvc.yaml in the order `dvc repro` runs them (matrix stages expanded, e.g.
+    `tune@pos-0`), and those to reproduce: the stages DVC reports changed and every stage
+    downstream of one (their deps change when the upstream stage reruns)."""
+    order: tuple[str, ...]
+    stale: frozenset[str]
+
+    def skipped(self) -> list[str]:
+        return [name for name in self.order if name not in self.stale]
+
+
+@contextmanager
+def command_line(label: str | None):
+    """DVC records `sys.argv` in its lock file as the holder's command line; while this process
+    holds DVC's locks, that line is `label` (who the flow run is)."""
+    saved = sys.argv
+    if label:
+        sys.argv = [label, "status"]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def plan(root: str | Path = ".", label: str | None = None, on_wait=print, wait_s: float = 5.0) -> Plan:
+    """Asks DVC once which stages are stale. In this process: a `dvc status` subprocess would add
+    a second of imports to every run. While another DVC process holds the workspace's locks, waits
+    for it (saying so), as `dvc repro --wait-for-lock` would."""
+    import networkx as nx
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
+    from dvc.repo.reproduce import plan_repro
+    from dvc.stage import PipelineStage
+
+    announced = False
+    while True:
+        try:
+            # one hold of the repo lock for both questions: DVC re-reads dvc.yaml, dvc.lock and
+            # params for each new hold, which is most of the time a no-op run takes
+            with command_line(label), Repo(str(root)) as repo, lock_repo(repo):
+                graph = repo.index.graph
+                # dvc.yaml stages; `.dvc` files of tracked data are nodes too, with nothing to run
+                order = [stage for stage in plan_repro(graph) if isinstance(stage, PipelineStage)]
+                # named as from the project root (DVC's `addressing` is relative to the cwd)
+                names = {stage: stage.name if stage.path_in_repo == "dvc.yaml" else f"{stage.path_in_repo}:{stage.name}"
+                         for stage in order}
+                changed = set(repo.status())  # keyed by `addressing`
+                stale = set()
+                for stage, name in names.items():
+                    if stage.addressing in changed:
+                        # DVC's graph points from a stage to the stages it depends on
+                        stale |= {name} | {names[s] for s in nx.ancestors(graph, stage) if s in names}
+                return Plan(tuple(names[s] for s in order), frozenset(stale))
+        except LockError as exc:
+            if not announced:
+                on_wait(f"DVC is busy in this workspace, waiting: {exc}")
+                announced = True
+            time.sleep(wait_s)
 
 
 def apply_overrides(overrides: dict, params_path: str | Path = "params.yaml") -> None:
@@ -54,7 +103,31 @@ def apply_overrides(overrides: dict, params_path: str | Path = "params.yaml") ->
 
 
 def repro_command(stage: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    # --wait-for-lock (a global option): DVC's repo lock is held for moments, while a dvc process
+    # checks stages, and is no reason to fail
+    return dvc_command(["--wait-for-lock", "repro", "--single-item", stage])
+
+
+def reproduce(stage: str, on_line, env=None, cwd=None, wait_s: float = 5.0) -> tuple[int, list[str]]:
+    """`dvc repro --single-item <stage>`, waiting while another DVC process (a hand-run `dvc repro`)
+    holds a lock the stage needs: DVC refuses at once rather than wait for a stage's lock."""
+    announced = False
+    while True:
+        ran = []
+
+        def watch(line: str) -> None:
+            if line.startswith("Running stage"):
+                ran.append(line)
+            on_line(line)
+
+        code, tail = run_streaming(repro_command(stage), watch, env=env, cwd=cwd)
+        blocked = code != 0 and any(m in line for line in tail for m in DVC_LOCK_ERRORS)
+        if not blocked or ran:
+            return code, tail
+        if not announced:
+            on_line(f"another DVC process holds a lock that stage '{stage}' needs; trying again every {wait_s:.0f} s")
+            announced = True
+        time.sleep(wait_s)
 
 
 def stage_environment(extra: dict | None = None) -> dict:
@@ -69,19 +142,45 @@ def stage_environment(extra: dict | None = None) -> dict:
 
 
 def run_streaming(cmd: list[str], on_line, env=None, cwd=None) -> tuple[int, list[str]]:
-    """Runs a command, handing each output line to `on_line`; returns the code and the tail."""
+    """Runs a command, handing each output line to `on_line`; returns the code and the tail.
+
+    The command runs in a process group of its own, and if this process is interrupted or
+    cancelled (Ctrl-C, a cancel from the Prefect UI, `make serve` stopping) the whole group goes
+    too: a `dvc repro` and its stage left running would hold DVC's locks on a workspace that the
+    next run believes free."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=env, cwd=cwd)
+                            env=env, cwd=cwd, start_new_session=True)
     tail: list[str] = []
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        # progress bars redraw with carriage returns: keep the last state of each line
-        line = raw.rstrip("\n").split("\r")[-1].rstrip()
-        if not line:
+    try:
+        for raw in proc.stdout:
+            # progress bars redraw with carriage returns: keep the last state of each line
+            line = raw.rstrip("\n").split("\r")[-1].rstrip()
+            if not line:
+                continue
+            on_line(line)
+            tail = (tail + [line])[-30:]
+        return proc.wait(), tail
+    except BaseException:
+        stop_group(proc)
+        raise
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the process group `proc` leads, SIGKILL to it after `grace_s`."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(grace_s)
+            return
+        except subprocess.TimeoutExpired:
             continue
-        on_line(line)
-        tail = (tail + [line])[-30:]
-    return proc.wait(), tail
 
 
 REMOTE_NAME = "reverie"

@@ -8,6 +8,7 @@ import warnings
 from contextlib import contextmanager
 
 from .settings import ParamsError, load_params
+from .workspace import WorkspaceBusy, refuse_if_held
 
 
 def quiet_environment() -> None:
@@ -30,10 +31,16 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 @contextmanager
 def stage(name: str):
-    """Runs a stage body; a params error or a failed gate ends the process with its message."""
+    """Runs a stage body; a params error or a failed gate ends the process with its message. A
+    stage started while a flow run holds the workspace, by anyone but that flow run (a hand-run
+    `dvc repro`), stops before any work, saying which run holds it."""
     quiet_environment()
     try:
+        refuse_if_held()
         yield
+    except WorkspaceBusy as exc:
+        print(f"[{name}] {exc}", file=sys.stderr)
+        sys.exit(3)
     except ParamsError as exc:
         print(f"[{name}] {exc}", file=sys.stderr)
         sys.exit(2)

@@ -136,6 +136,35 @@ def local_source(path: str | Path):
     return local[-1]._resolve(str(path))
 
 
+def ui_address(params) -> str:
+    """Where the MLflow UI of the project's store is: the tracking server itself when the store
+    is one, otherwise the one `make serve` and `make mlflow-ui` start (orchestration.host and
+    orchestration.mlflow_port)."""
+    uri = tracking_uri(params.project.mlflow_tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return f"http://{params.orchestration.host}:{params.orchestration.mlflow_port}"
+
+
+def run_links(params, run_ids: list[str]) -> dict[str, str | None]:
+    """The MLflow UI page of each run, in the experiment the run is in (None for a run the
+    store does not have, e.g. after the store was changed)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    use_tracking_uri(tracking_uri(params.project.mlflow_tracking_uri))
+    ui = ui_address(params)
+    links: dict[str, str | None] = {}
+    for run_id in run_ids:
+        try:
+            experiment = mlflow.get_run(run_id).info.experiment_id
+        except MlflowException:
+            links[run_id] = None
+            continue
+        links[run_id] = f"{ui}/#/experiments/{experiment}/runs/{run_id}"
+    return links
+
+
 def prefect_tags() -> dict:
     """Ties an MLflow run to the Prefect flow run that started the stage, when there is one."""
     flow_run = os.environ.get("REVERIE_PREFECT_FLOW_RUN_ID")
