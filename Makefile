@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
 #   make run   - creates .venv, installs, runs the whole pipeline on the embedded default
 #   make test  - creates .venv if needed, installs, runs the tests
+# and one to operate it as a service:
+#   make serve - Prefect server + MLflow server + the scheduled deployment; Ctrl-C stops them
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -12,8 +14,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# the Prefect server's own telemetry (DO_NOT_TRACK does not reach it)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test install repro report mlflow-ui clean
+.PHONY: run test install repro report serve mlflow-ui clean
 
 install: $(STAMP)
 
@@ -36,8 +40,13 @@ test: $(STAMP)
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest -q
 
+# ports, host and cron come from params.yaml (orchestration); e.g. make serve SERVE_ARGS='--prefect-port 4610'
+serve: $(STAMP)
+	$(BIN)/python -m reverie.services $(SERVE_ARGS)
+
+# the MLflow UI alone, on the store params name (project.mlflow_tracking_uri; MLFLOW_TRACKING_URI wins)
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	$(BIN)/python -m reverie.services mlflow $(SERVE_ARGS)
 
 clean:
 	rm -rf data models predictions plots metrics reports mlflow.db mlruns mlartifacts .reverie
