@@ -144,12 +144,12 @@ def stage_environment(extra: dict | None = None) -> dict:
 def run_streaming(cmd: list[str], on_line, env=None, cwd=None) -> tuple[int, list[str]]:
     """Runs a command, handing each output line to `on_line`; returns the code and the tail.
 
-    The command runs in a process group of its own, and if this process is interrupted or
-    cancelled (Ctrl-C, a cancel from the Prefect UI, `make serve` stopping) the whole group goes
-    too: a `dvc repro` and its stage left running would hold DVC's locks on a workspace that the
-    next run believes free."""
+    If this process is interrupted or cancelled while the command runs (Ctrl-C, a cancel from
+    the Prefect UI, `make serve` stopping), the command and every process it started go too: a
+    `dvc repro` and its stage left running would hold DVC's locks on a workspace that the next
+    run believes free."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=env, cwd=cwd, start_new_session=True)
+                            env=env, cwd=cwd)
     tail: list[str] = []
     assert proc.stdout is not None
     try:
@@ -162,25 +162,33 @@ def run_streaming(cmd: list[str], on_line, env=None, cwd=None) -> tuple[int, lis
             tail = (tail + [line])[-30:]
         return proc.wait(), tail
     except BaseException:
-        stop_group(proc)
+        stop_tree(proc.pid)
         raise
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM to the process group `proc` leads, SIGKILL to it after `grace_s`."""
-    import os
-    import signal
+def stop_tree(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM to a process and all its descendants, SIGKILL to those alive after `grace_s`.
+    By tree, not by process group: the command shares this process's group, so that Ctrl-C in
+    a terminal and a supervisor's signal to the group still reach it if this process dies first."""
+    import psutil  # a dependency of DVC
 
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
         try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
         try:
-            proc.wait(grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 REMOTE_NAME = "reverie"

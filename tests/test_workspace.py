@@ -135,3 +135,25 @@ def test_dvc_run_for_a_flow_names_the_flow_run_in_its_locks(trivial_project):
         gate.unlink()
         out, _ = flow_dvc.communicate(timeout=60)
     assert flow_dvc.returncode == 0, out
+
+
+def test_an_interrupted_command_takes_the_processes_it_started_with_it():
+    """A flow run cancelled or interrupted mid-stage must not leave `dvc repro` and its stage
+    running (they would hold DVC's locks after the workspace is released)."""
+    import psutil
+
+    from reverie.orchestration import run_streaming
+
+    starts_a_child = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+                      "'import time; time.sleep(120)']); print(child.pid, flush=True); time.sleep(120)")
+    pids = []
+
+    def interrupt(line: str) -> None:
+        pids.append(int(line))
+        raise KeyboardInterrupt  # what Ctrl-C, or Prefect's cancel, raises in the flow
+
+    with pytest.raises(KeyboardInterrupt):
+        run_streaming([sys.executable, "-c", starts_a_child], interrupt)
+    assert pids
+    child = pids[0]
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
