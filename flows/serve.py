@@ -49,7 +49,9 @@ def main() -> None:
     # one run at a time: the deployment's runs share this workspace (dvc.lock, outputs, params);
     # ENQUEUE keeps an extra run waiting for the slot rather than cancelling it
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    # stopping pauses the schedule (pause_on_shutdown); serving again resumes it
     pipeline.serve(name=args.name, cron=args.cron or settings.cron, tags=["reverie"], global_limit=one_at_a_time,
+                   paused=False, pause_on_shutdown=True,
                    description="REVERIE pipeline: dvc stages generate -> report, on a schedule, one run at a time")
 
 
