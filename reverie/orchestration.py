@@ -42,6 +42,36 @@ def command_line(label: str | None):
         sys.argv = saved
 
 
+@contextmanager
+def params_parsed_once():
+    """DVC parses params.yaml again for every stage that names a param (20 times over for the
+    default DAG), and that parsing was half of a no-op `dvc status`. Within one status the file
+    does not change (the flow holds the workspace), so each file is parsed once and each stage
+    gets its own copy. A DVC without this module function (`load_path`) just goes the slow way."""
+    import copy
+
+    try:
+        import dvc.dependency.param as param
+
+        original = param.load_path
+    except (ImportError, AttributeError):
+        yield
+        return
+    parsed: dict = {}
+
+    def load_once(path, fs, **kwargs):
+        key = (str(path), id(fs), repr(sorted(kwargs.items())))
+        if key not in parsed:
+            parsed[key] = original(path, fs, **kwargs)
+        return copy.deepcopy(parsed[key])
+
+    param.load_path = load_once
+    try:
+        yield
+    finally:
+        param.load_path = original
+
+
 def plan(root: str | Path = ".", label: str | None = None, on_wait=print, wait_s: float = 5.0) -> Plan:
     """Asks DVC once which stages are stale. In this process: a `dvc status` subprocess would add
     a second of imports to every run. While another DVC process holds the workspace's locks, waits
@@ -57,7 +87,7 @@ def plan(root: str | Path = ".", label: str | None = None, on_wait=print, wait_s
         try:
             # one hold of the repo lock for both questions: DVC re-reads dvc.yaml, dvc.lock and
             # params for each new hold, which is most of the time a no-op run takes
-            with command_line(label), Repo(str(root)) as repo, lock_repo(repo):
+            with command_line(label), params_parsed_once(), Repo(str(root)) as repo, lock_repo(repo):
                 graph = repo.index.graph
                 # dvc.yaml stages; `.dvc` files of tracked data are nodes too, with nothing to run
                 order = [stage for stage in plan_repro(graph) if isinstance(stage, PipelineStage)]
