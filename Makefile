@@ -14,8 +14,6 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
-# the Prefect server's own telemetry (DO_NOT_TRACK does not reach it)
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: run test install repro report serve mlflow-ui clean
 
