@@ -61,6 +61,10 @@ def test_dvc_is_asked_once_for_the_stale_stages_and_everything_downstream(trivia
     # only a's params changed; b is stale because a will rerun, c is not
     stale = plan(trivial_project)
     assert stale.stale == {"a", "b"} and stale.skipped() == ["c"]
+    dvc(trivial_project, "repro")
+    # an output edited by hand (a's output, b's dependency: DVC hashes it for each) is seen
+    (trivial_project / "out/a.txt").write_text("edited\n")
+    assert plan(trivial_project).stale == {"a", "b"}
 
 
 def test_a_hand_run_stage_stops_while_a_flow_run_holds_the_workspace(trivial_project):
