@@ -5,7 +5,8 @@ Each is timed as a user starts it, in a fresh process: `python -m flows.pipeline
 running Prefect server (that of `make serve`, or PREFECT_API_URL's, or else one this benchmark
 starts and stops), and `dvc repro`; `--repeats` times each, alternating, after one untimed
 warm-up of each. `--ephemeral` also times one flow run with no server at all, where Prefect
-starts a temporary one inside the process (what `make run` does when `make serve` is not running).
+starts a temporary one inside the process (what `make run` does when `make serve` is not running),
+after one untimed run that creates that server's database.
 
 `python -m benchmarks.flow [--project .] [--repeats 5] [--ephemeral]`; the last line is JSON.
 """
@@ -89,6 +90,7 @@ def main() -> None:
         if args.ephemeral:
             env = {k: v for k, v in base.items() if k != "PREFECT_API_URL"}
             env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+            timed(flow_cmd, project, env)  # creates (migrates) the temporary server's database, once per home
             ephemeral_s = timed(flow_cmd, project, env)
     finally:
         if server is not None:
