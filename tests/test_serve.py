@@ -38,10 +38,11 @@ with stage(sys.argv[1]):
     Path(sys.argv[2]).parent.mkdir(parents=True, exist_ok=True)
     Path(sys.argv[2]).write_text(f"seed {seed}\\n")
 '''
+# one stage: each flow run costs a process, a `dvc repro` and a stage process, and the test
+# needs no more to show runs waiting for each other (tests/test_workspace.py covers a DAG)
 DAG = {"stages": {
     "generate": {"cmd": "python step.py generate data/out.txt", "deps": ["step.py"], "params": ["project.seed"],
                  "outs": ["data/out.txt"]},
-    "report": {"cmd": "python step.py report reports/out.txt", "deps": ["data/out.txt"], "outs": ["reports/out.txt"]},
 }}
 
 
@@ -169,7 +170,7 @@ def test_overlapping_runs_both_complete_one_after_the_other(served):
         history = [s.name for s in c.read_flow_run_states(second.id)]
     assert "AwaitingConcurrencySlot" in history
     # the second run reproduced its change after the first one had finished
-    assert (project / "reports/out.txt").read_text() == "seed 1\n"
+    assert (project / "data/out.txt").read_text() == "seed 1\n"
     assert "Running stage" not in dvc(project, "repro").stdout
 
 
@@ -222,3 +223,28 @@ def test_serving_without_a_server_refuses_at_once(tmp_path):
     assert result.returncode != 0
     assert "make serve" in result.stderr and "PREFECT_API_URL" in result.stderr
     assert "Traceback" not in result.stderr and "polling" not in result.stdout
+
+
+def test_the_mlflow_ui_serves_the_store_params_name_and_the_environment_wins(tmp_path, monkeypatch):
+    """`make mlflow-ui` and `make serve` start MLflow on project.mlflow_tracking_uri, not a fixed
+    mlflow.db; MLFLOW_TRACKING_URI wins, as it does for the stages; an http store is used as is."""
+    from reverie.services import addresses, main, mlflow_server_command
+    from reverie.settings import Params
+
+    data = tiny_params_dict()
+    data["project"]["mlflow_tracking_uri"] = "sqlite:///runs/store.db"
+    data["orchestration"]["mlflow_port"] = 5123
+    params = Params.model_validate(data)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a = addresses(params, tmp_path)
+    cmd = mlflow_server_command(a)
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{(tmp_path / 'runs/store.db').resolve()}"
+    assert cmd[cmd.index("--port") + 1] == "5123" and a.mlflow_ui == "http://127.0.0.1:5123"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert addresses(params, tmp_path).store == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000/")
+    served_elsewhere = addresses(params, tmp_path)
+    assert not served_elsewhere.starts_mlflow and served_elsewhere.mlflow_ui == "http://tracking.example:5000"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    assert main(["mlflow"]) == 0  # nothing to start: it says where that server's UI is
