@@ -120,6 +120,14 @@ def mlflow_server_command(a: Addresses) -> list[str]:
             "--port", str(a.mlflow_port), "--workers", "1"]
 
 
+def mlflow_environment(env: dict) -> dict:
+    """The MLflow server's environment. Its job runner (MLflow 3.x's GenAI jobs: scoring, trace
+    archival) is off unless the environment says otherwise: the project runs no such jobs, and it
+    would start eight more processes (a runner and huey consumers, each importing MLflow) beside
+    the server on a machine of two cores."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env}
+
+
 @dataclass
 class Child:
     name: str
@@ -259,8 +267,8 @@ def serve(root: Path, a: Addresses, serve_args: list[str], startup_timeout_s: fl
         sup.start(prefect)
         servers = [prefect]
         if a.starts_mlflow:
-            mlflow = Child("MLflow server", mlflow_server_command(a), env, logs / "mlflow-server.log",
-                           health=f"{a.mlflow_ui}/health")
+            mlflow = Child("MLflow server", mlflow_server_command(a), mlflow_environment(env),
+                           logs / "mlflow-server.log", health=f"{a.mlflow_ui}/health")
             sup.start(mlflow)
             servers.append(mlflow)
         print(f"starting the Prefect server{' and the MLflow server' if a.starts_mlflow else ''} "
@@ -311,7 +319,7 @@ def mlflow_ui(root: Path, a: Addresses) -> int:
         print(f"the MLflow store is a tracking server: its UI is {a.mlflow_ui}")
         return 0
     print(f"MLflow UI on {a.mlflow_ui} (store: {a.store}); Ctrl-C stops it", flush=True)
-    return subprocess.call(mlflow_server_command(a), cwd=root)
+    return subprocess.call(mlflow_server_command(a), cwd=root, env=mlflow_environment(dict(os.environ)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -228,7 +228,7 @@ def test_serving_without_a_server_refuses_at_once(tmp_path):
 def test_the_mlflow_ui_serves_the_store_params_name_and_the_environment_wins(tmp_path, monkeypatch):
     """`make mlflow-ui` and `make serve` start MLflow on project.mlflow_tracking_uri, not a fixed
     mlflow.db; MLFLOW_TRACKING_URI wins, as it does for the stages; an http store is used as is."""
-    from reverie.services import addresses, main, mlflow_server_command
+    from reverie.services import addresses, main, mlflow_environment, mlflow_server_command
     from reverie.settings import Params
 
     data = tiny_params_dict()
@@ -240,6 +240,9 @@ def test_the_mlflow_ui_serves_the_store_params_name_and_the_environment_wins(tmp
     cmd = mlflow_server_command(a)
     assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{(tmp_path / 'runs/store.db').resolve()}"
     assert cmd[cmd.index("--port") + 1] == "5123" and a.mlflow_ui == "http://127.0.0.1:5123"
+    # MLflow's job runner (eight more processes) stays off unless the environment turns it on
+    jobs = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+    assert mlflow_environment({})[jobs] == "false" and mlflow_environment({jobs: "true"})[jobs] == "true"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
     assert addresses(params, tmp_path).store == f"sqlite:///{tmp_path / 'elsewhere.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000/")
