@@ -319,7 +319,23 @@ def mlflow_ui(root: Path, a: Addresses) -> int:
         print(f"the MLflow store is a tracking server: its UI is {a.mlflow_ui}")
         return 0
     print(f"MLflow UI on {a.mlflow_ui} (store: {a.store}); Ctrl-C stops it", flush=True)
-    return subprocess.call(mlflow_server_command(a), cwd=root, env=mlflow_environment(dict(os.environ)))
+    # in a session of its own, stopped with SIGTERM as `make serve` stops it: Ctrl-C reaching
+    # uvicorn itself ends it with a CancelledError traceback
+    server = Child("MLflow server", mlflow_server_command(a), mlflow_environment(dict(os.environ)), None)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)  # explicit: a shell may start us with SIGINT ignored
+    signal.signal(signal.SIGTERM, on_signal)
+    server.start(root)
+    try:
+        return server.proc.wait()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: the stop below is bounded anyway
+        print("stopping the MLflow server ...", flush=True)
+        server.stop(15.0)
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
