@@ -2,6 +2,8 @@
 #   make run   - creates .venv, installs, runs the whole pipeline on the embedded default
 #   make test  - creates .venv if needed, installs, runs the tests
 #   make mutation - the tests' mutation score per deciding module (not part of make test: slow)
+# and one to operate it as a service:
+#   make serve - Prefect server + MLflow server + the scheduled deployment; Ctrl-C stops them
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -14,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test mutation install lock repro report mlflow-ui clean
+.PHONY: run test mutation install lock repro report serve mlflow-ui clean
 
 install: $(STAMP)
 
@@ -59,8 +61,13 @@ mutation: $(STAMP)
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python tests/mutation.py $(MODULES) --max-children $(MUTATION_CHILDREN)
 
+# ports, host and cron come from params.yaml (orchestration); e.g. make serve SERVE_ARGS='--prefect-port 4610'
+serve: $(STAMP)
+	$(BIN)/python -m reverie.services $(SERVE_ARGS)
+
+# the MLflow UI alone, on the store params name (project.mlflow_tracking_uri; MLFLOW_TRACKING_URI wins)
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	$(BIN)/python -m reverie.services mlflow $(SERVE_ARGS)
 
 clean:
 	rm -rf data models predictions plots metrics reports mlflow.db mlruns mlartifacts .reverie

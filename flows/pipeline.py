@@ -1,17 +1,24 @@
-"""The Prefect flow: the DVC DAG stage by stage, a task per stage, DVC deciding what is
-up to date. `python -m flows.pipeline [--variants ..] [--seeds ..] [-S key=value ..]`."""
+"""The Prefect flow: the DVC DAG stage by stage, DVC deciding what is up to date.
+`python -m flows.pipeline [--variants ..] [--seeds ..] [-S key=value ..]`.
+
+The flow asks DVC once which stages are stale and makes a task that runs `dvc repro` only for
+those; the others appear as tasks in the state Skipped. One flow run at a time drives a
+workspace (`reverie.workspace`): another waits for it."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
-from reverie.orchestration import (apply_overrides, planned_stages, remote_commands, repro_command, run_streaming,
-                                   stage_environment)
+from reverie.orchestration import apply_overrides, plan, remote_commands, reproduce, run_streaming, stage_environment
+from reverie.workspace import LABEL_ENV, claim, holder_environment
 
 
 class StageFailed(RuntimeError):
@@ -19,15 +26,20 @@ class StageFailed(RuntimeError):
 
 
 @task(name="dvc-repro", task_run_name="{stage}", retries=1, retry_delay_seconds=10)
-def reproduce(stage: str) -> str:
-    """Asks DVC to reproduce one stage; DVC skips it when nothing it depends on changed."""
+def reproduce_stage(stage: str, holder: dict) -> str:
+    """Asks DVC to reproduce one stage; DVC still skips it when nothing it depends on changed."""
     logger = get_run_logger()
-    env = stage_environment({"REVERIE_PREFECT_FLOW_RUN_ID": str(flow_run.id or "")})
-    code, tail = run_streaming(repro_command(stage), logger.info, env=env)
+    code, tail = reproduce(stage, logger.info, env=stage_environment(holder))
     if code != 0:
         raise StageFailed(f"stage '{stage}' failed (exit {code}):\n" + "\n".join(tail[-15:]))
     skipped = any("didn't change, skipping" in line for line in tail)
     return "skipped" if skipped else "ran"
+
+
+@task(name="dvc-up-to-date", task_run_name="{stage}")
+def up_to_date(stage: str):
+    """A stage `dvc status` found up to date: nothing runs, the UI still lists it."""
+    return Completed(name="Skipped", message="up to date: dvc status found no change in it or upstream")
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=10)
@@ -41,7 +53,7 @@ def push(remote: str) -> str:
     return "pushed"
 
 
-def publish_artifacts(report_dir: Path = Path("reports")) -> None:
+def publish_artifacts(params, report_dir: Path = Path("reports")) -> None:
     ablation = report_dir / "ablation.json"
     if not ablation.exists():
         return
@@ -54,41 +66,65 @@ def publish_artifacts(report_dir: Path = Path("reports")) -> None:
                 entry[key] = f"{row[key]['mean']:.3f} ± {row[key]['std']:.3f}"
         rows.append(entry)
     create_table_artifact(key="ablation-table", table=rows, description="REVERIE ablation: mean ± std over seeds")
-    links = ["# Runs", "", f"Report: `{(report_dir / 'report.md').resolve()}`", ""]
-    from reverie.settings import load_params
-    from reverie.tracking import tracking_uri
+    from reverie.tracking import run_links, tracking_uri, ui_address
 
-    params = load_params()
-    links.append(f"MLflow store: `{tracking_uri(params.project.mlflow_tracking_uri)}` "
-                 "(open with `make mlflow-ui`, then http://127.0.0.1:5000)")
-    links.append("")
-    for path in sorted(Path("models").glob("*-s*/mlflow_run.json")):
-        info = json.loads(path.read_text())
-        links.append(f"- `{info['variant']}` seed {info['seed']}: MLflow run `{info['run_id']}` "
-                     f"(http://127.0.0.1:5000/#/experiments/0/runs/{info['run_id']} once the UI runs)")
-    create_markdown_artifact(key="ablation-runs", markdown="\n".join(links), description="MLflow runs and report")
+    runs = [json.loads(path.read_text()) for path in sorted(Path("models").glob("*-s*/mlflow_run.json"))]
+    links = run_links(params, [info["run_id"] for info in runs])
+    lines = ["# Runs", "", f"Report: `{(report_dir / 'report.md').resolve()}`", "",
+             f"MLflow store: `{tracking_uri(params.project.mlflow_tracking_uri)}`, UI at {ui_address(params)} "
+             "(`make serve` or `make mlflow-ui` starts it)", ""]
+    for info in runs:
+        link = links[info["run_id"]]
+        where = f"[open in MLflow]({link})" if link else "not in this MLflow store"
+        lines.append(f"- `{info['variant']}` seed {info['seed']}: MLflow run `{info['run_id']}`, {where}")
+    create_markdown_artifact(key="ablation-runs", markdown="\n".join(lines), description="MLflow runs and report")
+
+
+def this_run() -> tuple[str, str | None]:
+    """How this flow run is named to others who find the workspace busy, and its UI page."""
+    from prefect.runtime import deployment
+    from prefect.settings import PREFECT_UI_URL
+
+    who = f"Prefect flow run '{flow_run.name}'"
+    if deployment.id:
+        who += f" of deployment '{flow_run.flow_name}/{deployment.name}'"
+    ui = PREFECT_UI_URL.value()
+    return who, (f"{ui}/runs/flow-run/{flow_run.id}" if ui and flow_run.id else None)
 
 
 @flow(name="reverie-pipeline", log_prints=True)
 def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
              overrides: dict | None = None) -> dict:
     """Runs generate -> validate -> base -> tune@v-s -> evaluate@v-s -> report through DVC."""
+    logger = get_run_logger()
     changes = dict(overrides or {})
     if variants is not None:
         changes["tune.variants"] = list(variants)
     if seeds is not None:
         changes["tune.seeds"] = list(seeds)
-    apply_overrides(changes)
-    from reverie.settings import load_params
+    who, url = this_run()
+    with claim(who, url, on_wait=logger.info) as token:
+        apply_overrides(changes)  # params.yaml is the workspace's too: written only while holding it
+        from reverie.settings import load_params
 
-    params = load_params()
-    run_stage = reproduce.with_options(retries=params.orchestration.stage_retries)
-    outcome = {}
-    for stage in planned_stages():
-        outcome[stage] = run_stage(stage)
-    if params.project.dvc_remote:
-        outcome["push"] = push(params.project.dvc_remote)
-    publish_artifacts()
+        params = load_params()
+        holder = holder_environment(token, who, url) | {"REVERIE_PREFECT_FLOW_RUN_ID": str(flow_run.id or "")}
+        steps = plan(label=holder[LABEL_ENV], on_wait=logger.info)
+        logger.info(f"dvc status: {len(steps.stale)} of {len(steps.order)} stage(s) to reproduce")
+        run_stage = reproduce_stage.with_options(retries=params.orchestration.stage_retries)
+        outcome = {}
+        for stage in steps.order:
+            if stage in steps.stale:
+                outcome[stage] = run_stage(stage, holder)
+            else:
+                up_to_date(stage)
+                outcome[stage] = "skipped"
+        if params.project.dvc_remote:
+            outcome["push"] = push(params.project.dvc_remote)
+        if "ran" in outcome.values():
+            publish_artifacts(params)
+        else:
+            logger.info("nothing ran: the artifacts published by the last run that changed something stand")
     return outcome
 
 
@@ -104,13 +140,35 @@ def _parse_overrides(items: list[str]) -> dict:
     return out
 
 
+@contextmanager
+def served_prefect():
+    """With no PREFECT_API_URL, the server of this project's running `make serve` when there is
+    one: the run shows in its UI, and it saves starting a temporary server (about 15 s here)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from reverie.services import served_api
+
+    api = None if PREFECT_API_URL.value() else served_api()
+    if api is None:
+        yield
+        return
+    print(f"using the Prefect server of `make serve`: {api}")
+    os.environ["PREFECT_API_URL"] = api  # and for the processes the stages start (generate's fan-out)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--variants", nargs="+")
     p.add_argument("--seeds", nargs="+", type=int)
     p.add_argument("-S", "--set-param", action="append", default=[], help="params override, key=value")
     args = p.parse_args()
-    outcome = pipeline(args.variants, args.seeds, _parse_overrides(args.set_param))
+    with served_prefect():
+        outcome = pipeline(args.variants, args.seeds, _parse_overrides(args.set_param))
     print("\n".join(f"  {stage}: {state}" for stage, state in outcome.items()))
     report = Path("reports/report.md")
     if report.exists():

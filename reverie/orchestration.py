@@ -1,32 +1,124 @@
-"""What the Prefect flow needs and that is not Prefect: the stage order from dvc.yaml, the
-`dvc repro` command line, and params overrides written the way `dvc exp run -S` writes them."""
+"""What the Prefect flow needs and that is not Prefect: which DVC stages to run (asked of DVC
+once), the `dvc repro` command line, and params overrides written the way `dvc exp run -S`
+writes them."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .settings import load_params
+from .workspace import dvc_command
 
-STAGE_ORDER = ("generate", "validate", "base", "tune", "evaluate", "chance", "report")
+# DVC's messages when another process holds its repo lock or a stage's read/write lock
+DVC_LOCK_ERRORS = ("Unable to acquire lock", "is busy, it is being blocked by")
 
 
-def planned_stages(params_path: str | Path = "params.yaml", dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
-    """The DVC stage names in dependency order; matrix stages expand per variant and seed
-    (DVC names them `tune@<variant>-<seed>`)."""
-    params = load_params(params_path)
-    declared = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
-    names = []
-    for stage in STAGE_ORDER:
-        if stage not in declared:
-            continue
-        if "matrix" in declared[stage]:
-            names += [f"{stage}@{v}-{s}" for v in params.tune.variants for s in params.tune.seeds]
-        else:
-            names.append(stage)
-    return names
+@dataclass(frozen=True)
+class Plan:
+    """Every stage of dvc.yaml in the order `dvc repro` runs them (matrix stages expanded, e.g.
+    `tune@pos-0`), and those to reproduce: the stages DVC reports changed and every stage
+    downstream of one (their deps change when the upstream stage reruns)."""
+    order: tuple[str, ...]
+    stale: frozenset[str]
+
+    def skipped(self) -> list[str]:
+        return [name for name in self.order if name not in self.stale]
+
+
+@contextmanager
+def command_line(label: str | None):
+    """DVC records `sys.argv` in its lock file as the holder's command line; while this process
+    holds DVC's locks, that line is `label` (who the flow run is)."""
+    saved = sys.argv
+    if label:
+        sys.argv = [label, "status"]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextmanager
+def read_once():
+    """One `dvc status` reads the same things many times over: params.yaml once for every stage
+    that names a param (20 times for the default DAG), and a folder once for every stage that
+    has it as a dependency or output (`data/images`, 3400 files, 18 times). That was nearly all of
+    a no-op run. Nothing changes in the workspace during one status (the flow holds it), so
+    within it each file is parsed, and each path hashed, once. With a DVC that lacks these
+    internals (`dvc.dependency.param.load_path`, `dvc.output.Output._get_hash_meta`), status
+    just goes the slow way."""
+    import copy
+
+    try:
+        import dvc.dependency.param as param
+        from dvc.output import Output
+
+        load_path, get_hash_meta = param.load_path, Output._get_hash_meta
+    except (ImportError, AttributeError):
+        yield
+        return
+    parsed: dict = {}
+    hashed: dict = {}
+
+    def load_once(path, fs, **kwargs):
+        key = (str(path), id(fs), repr(sorted(kwargs.items())))
+        if key not in parsed:
+            parsed[key] = load_path(path, fs, **kwargs)
+        return copy.deepcopy(parsed[key])  # each stage's own copy, as before
+
+    def hash_once(output):
+        # (meta, hash_info) of what is at the path now; an output (kept in DVC's cache) and a
+        # dependency (not) are built apart, as DVC builds them
+        key = (output.fs_path, id(output.fs), output.hash_name, output.use_cache)
+        if key not in hashed:
+            hashed[key] = get_hash_meta(output)
+        return hashed[key]
+
+    param.load_path, Output._get_hash_meta = load_once, hash_once
+    try:
+        yield
+    finally:
+        param.load_path, Output._get_hash_meta = load_path, get_hash_meta
+
+
+def plan(root: str | Path = ".", label: str | None = None, on_wait=print, wait_s: float = 5.0) -> Plan:
+    """Asks DVC once which stages are stale. In this process: a `dvc status` subprocess would add
+    a second of imports to every run. While another DVC process holds the workspace's locks, waits
+    for it (saying so), as `dvc repro --wait-for-lock` would."""
+    import networkx as nx
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
+    from dvc.repo.reproduce import plan_repro
+    from dvc.stage import PipelineStage
+
+    announced = False
+    while True:
+        try:
+            # one hold of the repo lock for both questions: DVC re-reads dvc.yaml, dvc.lock and
+            # params for each new hold, which is most of the time a no-op run takes
+            with command_line(label), read_once(), Repo(str(root)) as repo, lock_repo(repo):
+                graph = repo.index.graph
+                # dvc.yaml stages; `.dvc` files of tracked data are nodes too, with nothing to run
+                order = [stage for stage in plan_repro(graph) if isinstance(stage, PipelineStage)]
+                # named as from the project root (DVC's `addressing` is relative to the cwd)
+                names = {stage: stage.name if stage.path_in_repo == "dvc.yaml" else f"{stage.path_in_repo}:{stage.name}"
+                         for stage in order}
+                changed = set(repo.status())  # keyed by `addressing`
+                stale = set()
+                for stage, name in names.items():
+                    if stage.addressing in changed:
+                        # DVC's graph points from a stage to the stages it depends on
+                        stale |= {name} | {names[s] for s in nx.ancestors(graph, stage) if s in names}
+                return Plan(tuple(names[s] for s in order), frozenset(stale))
+        except LockError as exc:
+            if not announced:
+                on_wait(f"DVC is busy in this workspace, waiting: {exc}")
+                announced = True
+            time.sleep(wait_s)
 
 
 def apply_overrides(overrides: dict, params_path: str | Path = "params.yaml") -> None:
@@ -54,7 +146,31 @@ def apply_overrides(overrides: dict, params_path: str | Path = "params.yaml") ->
 
 
 def repro_command(stage: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    # --wait-for-lock (a global option): DVC's repo lock is held for moments, while a dvc process
+    # checks stages, and is no reason to fail
+    return dvc_command(["--wait-for-lock", "repro", "--single-item", stage])
+
+
+def reproduce(stage: str, on_line, env=None, cwd=None, wait_s: float = 5.0) -> tuple[int, list[str]]:
+    """`dvc repro --single-item <stage>`, waiting while another DVC process (a hand-run `dvc repro`)
+    holds a lock the stage needs: DVC refuses at once rather than wait for a stage's lock."""
+    announced = False
+    while True:
+        ran = []
+
+        def watch(line: str) -> None:
+            if line.startswith("Running stage"):
+                ran.append(line)
+            on_line(line)
+
+        code, tail = run_streaming(repro_command(stage), watch, env=env, cwd=cwd)
+        blocked = code != 0 and any(m in line for line in tail for m in DVC_LOCK_ERRORS)
+        if not blocked or ran:
+            return code, tail
+        if not announced:
+            on_line(f"another DVC process holds a lock that stage '{stage}' needs; trying again every {wait_s:.0f} s")
+            announced = True
+        time.sleep(wait_s)
 
 
 def stage_environment(extra: dict | None = None) -> dict:
@@ -69,19 +185,53 @@ def stage_environment(extra: dict | None = None) -> dict:
 
 
 def run_streaming(cmd: list[str], on_line, env=None, cwd=None) -> tuple[int, list[str]]:
-    """Runs a command, handing each output line to `on_line`; returns the code and the tail."""
+    """Runs a command, handing each output line to `on_line`; returns the code and the tail.
+
+    If this process is interrupted or cancelled while the command runs (Ctrl-C, a cancel from
+    the Prefect UI, `make serve` stopping), the command and every process it started go too: a
+    `dvc repro` and its stage left running would hold DVC's locks on a workspace that the next
+    run believes free."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             env=env, cwd=cwd)
     tail: list[str] = []
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        # progress bars redraw with carriage returns: keep the last state of each line
-        line = raw.rstrip("\n").split("\r")[-1].rstrip()
-        if not line:
-            continue
-        on_line(line)
-        tail = (tail + [line])[-30:]
-    return proc.wait(), tail
+    try:
+        for raw in proc.stdout:
+            # progress bars redraw with carriage returns: keep the last state of each line
+            line = raw.rstrip("\n").split("\r")[-1].rstrip()
+            if not line:
+                continue
+            on_line(line)
+            tail = (tail + [line])[-30:]
+        return proc.wait(), tail
+    except BaseException:
+        stop_tree(proc.pid)
+        raise
+
+
+def stop_tree(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM to a process and all its descendants, SIGKILL to those alive after `grace_s`.
+    By tree, not by process group: the command shares this process's group, so that Ctrl-C in
+    a terminal and a supervisor's signal to the group still reach it if this process dies first."""
+    import psutil  # a dependency of DVC
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 REMOTE_NAME = "reverie"

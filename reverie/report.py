@@ -351,7 +351,8 @@ def loss_curves(loss_dir: str | Path, path: str | Path) -> None:
     files = sorted(Path(loss_dir).glob("*.csv"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for f in files:
-        rows = list(csv.DictReader(f.open()))
+        with f.open() as handle:
+            rows = list(csv.DictReader(handle))
         steps = [int(r["step"]) for r in rows]
         axes[0].plot(steps, [float(r["response_loss"]) for r in rows], label=f.stem, lw=1)
         rat = [float(r["rationale_loss"]) for r in rows]
@@ -363,6 +364,8 @@ def loss_curves(loss_dir: str | Path, path: str | Path) -> None:
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
+        else:  # response-only runs have no rationale tokens: an empty panel, and no legend to draw
+            ax.text(0.5, 0.5, "no run with rationale tokens", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

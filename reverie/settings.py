@@ -301,6 +301,10 @@ class ReportSettings(Section):
 class OrchestrationSettings(Section):
     cron: str = "0 3 * * *"
     stage_retries: int = Field(1, ge=0)
+    # where `make serve` (and `make mlflow-ui`) listen; the artifacts' MLflow links point there
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
 
 
 class Params(Section):

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 
 from .io import DataFileError
 from .settings import ParamsError, load_params
+from .workspace import WorkspaceBusy, refuse_if_held
 
 
 def quiet_environment() -> None:
@@ -16,6 +18,10 @@ def quiet_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a
+    # model (PeftModel.__init__), so every tune and evaluate warned about code that is not ours;
+    # filtered by its exact text so that any other deprecation still shows
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -27,10 +33,16 @@ def parser(description: str) -> argparse.ArgumentParser:
 @contextmanager
 def stage(name: str):
     """Runs a stage body; a params error, an unreadable data file or a failed gate ends the
-    process with its message (which names the key, or the file and line), not a traceback."""
+    process with its message (which names the key, or the file and line), not a traceback. A
+    stage started while a flow run holds the workspace, by anyone but that flow run (a hand-run
+    `dvc repro`), stops before any work, saying which run holds it."""
     quiet_environment()
     try:
+        refuse_if_held()
         yield
+    except WorkspaceBusy as exc:
+        print(f"[{name}] {exc}", file=sys.stderr)
+        sys.exit(3)
     except ParamsError as exc:
         print(f"[{name}] {exc}", file=sys.stderr)
         sys.exit(2)

@@ -111,7 +111,7 @@ class RunLogger:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         frame = pd.DataFrame.from_records(rows)[["id", "image", "question", "correct_answer", "question_type"]]
         digest = dvc_hash(Path(path).parent)
-        dataset = from_pandas(frame, source=str(path), name=name, digest=digest[:36])
+        dataset = from_pandas(frame, source=local_source(path), name=name, digest=digest[:36])
         self.mlflow.log_input(dataset, context=context, tags={"dvc_md5": digest})
         self.mlflow.set_tag("dataset.dvc_md5", digest)
 
@@ -123,6 +123,46 @@ class RunLogger:
 
     def end(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
+
+
+def local_source(path: str | Path):
+    """The MLflow dataset source of a local file. MLflow registers its local-file source class
+    twice (for the URI schemes '' and 'file'), so resolving a plain path through its registry
+    warns that the path "can be interpreted in multiple ways"; both are the same class of
+    source, so this takes the one the registry would (the last registered) without asking."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    local = [source for source in get_registered_sources() if source._can_resolve(str(path))]
+    return local[-1]._resolve(str(path))
+
+
+def ui_address(params) -> str:
+    """Where the MLflow UI of the project's store is: the tracking server itself when the store
+    is one, otherwise the one `make serve` and `make mlflow-ui` start (orchestration.host and
+    orchestration.mlflow_port)."""
+    uri = tracking_uri(params.project.mlflow_tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return f"http://{params.orchestration.host}:{params.orchestration.mlflow_port}"
+
+
+def run_links(params, run_ids: list[str]) -> dict[str, str | None]:
+    """The MLflow UI page of each run, in the experiment the run is in (None for a run the
+    store does not have, e.g. after the store was changed)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    use_tracking_uri(tracking_uri(params.project.mlflow_tracking_uri))
+    ui = ui_address(params)
+    links: dict[str, str | None] = {}
+    for run_id in run_ids:
+        try:
+            experiment = mlflow.get_run(run_id).info.experiment_id
+        except MlflowException:
+            links[run_id] = None
+            continue
+        links[run_id] = f"{ui}/#/experiments/{experiment}/runs/{run_id}"
+    return links
 
 
 def prefect_tags() -> dict:

@@ -12,6 +12,9 @@ derived from the request body so that they do not depend on arrival order. The s
 requests in flight (and identical ones in flight at once) and keeps the sha256 of every
 answered request body, so tests can prove the concurrency limit, single flight and that no
 finished call is repeated. `GET /stats` serves the same counts to a client in another process.
+With `rate_limit=(n, window_s)` it enforces a provider's rate limit: at most n requests admitted
+in any window_s seconds; a request over it is answered at once with 429 and a Retry-After
+(seconds, with decimals) that says when the oldest admitted request leaves the window.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -166,7 +170,7 @@ class ChatServer(ThreadingHTTPServer):
     request_queue_size = 256  # the default 5 would drop bursts of concurrent connections
 
     def __init__(self, latency_s: float = 0.0, expected_key: str | None = None, wild: bool = False,
-                 stall_s: float = 3.0, refuse_every: int = 20):
+                 stall_s: float = 3.0, refuse_every: int = 20, rate_limit: tuple[int, float] | None = None):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.latency_s = latency_s
         self.expected_key = expected_key
@@ -177,6 +181,7 @@ class ChatServer(ThreadingHTTPServer):
         self.faults: dict[str, list[Fault]] = {}
         self.hold_after: int | None = None  # admit this many requests, then hold every later one
         self.released = threading.Event()
+        self.rate_limit = rate_limit
         self.reset()
 
     @property
@@ -196,6 +201,8 @@ class ChatServer(ThreadingHTTPServer):
             self.in_flight_bodies: dict[str, int] = {}
             self.duplicates_in_flight = 0  # requests that arrived while an identical one was in flight
             self.admitted = 0
+            self.rate_admitted: deque[float] = deque()  # start times of the requests the rate limit let in
+            self.rate_limited = 0  # requests answered 429 by the rate limit
 
     def add_faults(self, step: str, *faults: Fault) -> None:
         with self.lock:
@@ -231,7 +238,8 @@ class ChatServer(ThreadingHTTPServer):
     def stats(self) -> dict:
         with self.lock:
             return {"requests": len(self.requests), "answered": list(self.answered), "usable": sorted(self.usable),
-                    "max_in_flight": self.max_in_flight, "duplicates_in_flight": self.duplicates_in_flight}
+                    "max_in_flight": self.max_in_flight, "duplicates_in_flight": self.duplicates_in_flight,
+                    "rate_limited": self.rate_limited}
 
     def wild_answer(self, model: str, messages: list[dict], sha: str) -> tuple[str, bool]:
         """The form depends on the request body, so a retry of one request gets the same form
@@ -286,6 +294,19 @@ class _Handler(BaseHTTPRequestHandler):
             fault = srv.take_fault(model, raw.decode("utf-8"))
             if srv.wild and fault == Fault():
                 fault = wild_fault(sha, attempt, srv.stall_s)
+            limited = False
+            if srv.rate_limit is not None and fault == Fault():
+                limit, window_s = srv.rate_limit
+                now = time.monotonic()
+                while srv.rate_admitted and srv.rate_admitted[0] <= now - window_s:
+                    srv.rate_admitted.popleft()
+                if len(srv.rate_admitted) >= limit:
+                    limited, srv.rate_limited = True, srv.rate_limited + 1
+                    wait = srv.rate_admitted[0] + window_s - now
+                    fault = Fault(status=429, headers={"Retry-After": f"{wait:.3f}"},
+                                  body='{"error": {"message": "Rate limit reached for requests"}}')
+                else:
+                    srv.rate_admitted.append(now)
             # an identical request already being answered: a duplicate the client pays twice.
             # (A stalled one does not count: the client has given up on it and retries by design.)
             srv.duplicates_in_flight += srv.in_flight_bodies.get(sha, 0) > 0
@@ -304,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
             if srv.expected_key is not None and self.headers.get("Authorization") != f"Bearer {srv.expected_key}":
                 self._send(401, json.dumps({"error": {"message": "invalid key"}}).encode())
                 return
-            time.sleep(srv.latency_s + fault.delay_s)
+            time.sleep(0.0 if limited else srv.latency_s + fault.delay_s)  # a rate limit answers at once
             if fault.status != 200:
                 self._send(fault.status, (fault.body or json.dumps({"error": {"message": "scripted"}})).encode(), fault.headers)
                 return

@@ -31,9 +31,17 @@ def test_flow_runs_every_stage_then_skips_them_all(flow_project):
     assert list(first) == ["generate", "validate", "base", "tune@response-0", "evaluate@response-0", "chance", "report"]
     assert set(first.values()) == {"ran"}
     started = time.perf_counter()
-    second = run_flow(flow_project)
+    state = run_flow(flow_project, return_state=True)
+    second = state.result()
     assert set(second.values()) == {"skipped"}, second
     assert time.perf_counter() - started < 120
+    # DVC was asked once; no stage ran `dvc repro`, and the UI still lists each one as Skipped
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert sorted((t.name, t.state.name) for t in tasks) == sorted((stage, "Skipped") for stage in first)
     # plain DVC agrees that the flow left everything up to date
     assert "Running stage" not in dvc(flow_project, "repro").stdout
 
@@ -47,6 +55,13 @@ def test_the_flow_publishes_the_ablation_table_and_run_links(flow_project):
         links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ablation-runs"])))
     assert table and table[0].type == "table" and "response" in str(table[0].data)
     assert links and "MLflow run" in links[0].data
+    # each link opens the run in the experiment it is in (the project's, not MLflow's default 0)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{flow_project / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["reverie"], output_format="list", filter_string="tags.variant = 'response'")[0]
+    assert run.info.experiment_id != "0"
+    assert f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in links[0].data
 
 
 def test_mlflow_runs_carry_the_flow_run_id(flow_project):
