@@ -13,7 +13,7 @@ import torch
 from benchmarks.common import data_and_records, student
 from reverie.evaluation.benchmarks import build_all
 from reverie.evaluation.decode import Answerer, Question
-from reverie.generate import load_scenes
+from reverie.world import load_scenes
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     params, data_dir, records, source = data_and_records()
     model_dir = args.model or ("models/response-s0" if Path("models/response-s0/mlflow_run.json").exists() else None)
     if model_dir:
-        from reverie.tune import load_tuned
+        from reverie.student.model import load_tuned
 
         model, processor, _ = load_tuned(model_dir)
     else:

@@ -294,10 +294,3 @@ def log_generation_run(params, metrics: dict) -> None:
         logger.end("FAILED")
         raise
     logger.end()
-
-
-def load_scenes(data_dir: str | Path) -> dict[str, Scene]:
-    path = Path(data_dir) / "scenes" / "scenes.jsonl"
-    with path.open() as f:
-        scenes = [Scene.from_json(json.loads(line)) for line in f if line.strip()]
-    return {s.image_id: s for s in scenes}

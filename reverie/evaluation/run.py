@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..generate import load_scenes
 from ..io import read_jsonl, write_jsonl
-from ..world import image_relpath
+from ..world import image_relpath, load_scenes
 from .benchmarks import Item, build_all
 from .decode import Answerer, Question
 from .scoring import score_predictions
@@ -70,7 +69,7 @@ def benchmark_items(params, data_dir: str | Path, split_dir: str | Path) -> tupl
 
 def evaluate_student(params, model_dir: str | Path, data_dir: str | Path, split_dir: str | Path,
                      predictions_path: str | Path, progress: bool = True) -> dict:
-    from ..tune import load_tuned
+    from ..student.model import load_tuned
 
     settings = params.evaluate
     items, _ = benchmark_items(params, data_dir, split_dir)
