@@ -11,7 +11,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-VARIANTS = ("response", "pos", "neg", "pos_neg")
+from .vocab import VARIANTS
+
+Variant = Literal[VARIANTS]  # reverie/vocab.py lists them
 
 
 class Section(BaseModel):
@@ -261,7 +263,7 @@ class PromptSettings(Section):
 
 
 class TuneSettings(Section):
-    variants: list[Literal["response", "pos", "neg", "pos_neg"]] = list(VARIANTS)
+    variants: list[Variant] = list(VARIANTS)
     seeds: list[int] = [0, 1, 2]
     prompts: PromptSettings = PromptSettings()
     lora: LoraSettings = LoraSettings()
@@ -283,7 +285,7 @@ class EvaluateSettings(Section):
 
 
 class ReportSettings(Section):
-    baseline: Literal["response", "pos", "neg", "pos_neg"] = "response"
+    baseline: Variant = "response"
     # the comparison is void when the baseline does not see (reverie/report.py)
     min_baseline_pope_accuracy: float = Field(0.7, ge=0, le=1)
     baseline_yes_ratio: tuple[float, float] = (0.2, 0.8)

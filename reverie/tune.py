@@ -11,6 +11,7 @@ import torch
 
 from .environment import environment
 from .io import atomic_dir, model_fingerprint, read_jsonl, write_json, write_text
+from .vocab import run_name
 from .world import image_relpath, load_scenes, partner_map
 from .student.base import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
@@ -187,7 +188,7 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     cfg = TrainConfig(epochs=tune.epochs, batch_size=tune.batch_size, lr=tune.lr, warmup_fraction=tune.warmup_fraction,
                       weight_decay=tune.weight_decay, seed=seed, checkpoint_every=tune.checkpoint_every,
                       max_steps=max_steps)
-    name = f"{variant}-s{seed}"
+    name = run_name(variant, seed)
     # the matrix's lists (tune.variants, tune.seeds) say which runs exist, not how this one runs
     settings = tune.model_dump(exclude={"variants", "seeds"})
     ckpt_dir = checkpoint_dir(state_dir, name, samples, settings, variant, seed, model_fingerprint(base_dir))

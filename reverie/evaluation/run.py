@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..io import read_jsonl, write_jsonl
+from ..vocab import run_name
 from ..world import image_relpath, load_scenes
 from .benchmarks import Item, build_all
 from .decode import Answerer, Question
@@ -102,7 +103,7 @@ def _log(params, info: dict, metrics: dict) -> None:
     run_id = info.get("run_id")
     if not run_id:
         return
-    logger = project_run(params, f"{info['variant']}-s{info['seed']}", {}, run_id=run_id)
+    logger = project_run(params, run_name(info['variant'], info['seed']), {}, run_id=run_id)
     logger.log_metrics({f"eval.{k}": v for k, v in flatten(metrics["scores"]).items()})
     logger.log_metrics({k: v for k, v in metrics.items() if k not in ("scores",)})
     logger.end()
