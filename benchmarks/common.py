@@ -6,7 +6,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from reverie.generate import generate_dataset, load_scenes
+from reverie.generate import generate_dataset
+from reverie.world import load_scenes
 from reverie.io import read_jsonl, write_jsonl
 from reverie.settings import load_params
 

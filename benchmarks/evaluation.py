@@ -28,8 +28,9 @@ import torch
 
 from reverie.evaluation.benchmarks import build_all
 from reverie.evaluation.decode import Answerer, Question
-from reverie.generate import generate_dataset, load_scenes
+from reverie.generate import generate_dataset
 from reverie.settings import load_params
+from reverie.world import load_scenes
 
 SUITES = ("pope", "mme", "mmbench", "short_answer", "reasoning")
 
@@ -98,7 +99,7 @@ def run(args, model=None, processor=None, folder=None, items=None, source: str =
     if model is None:
         params, folder, train_records, eval_records = world(args.train_images, args.eval_images)
         if args.model:
-            from reverie.tune import load_tuned
+            from reverie.student.model import load_tuned
 
             model, processor, _ = load_tuned(args.model)
             source = args.model

@@ -14,7 +14,7 @@ import time
 import torch
 
 from benchmarks.common import data_and_records
-from reverie.generate import load_scenes
+from reverie.world import load_scenes
 from reverie.student.base import base_curriculum, tokenizer_corpus
 from reverie.student.model import build_tiny, image_token_count, train_tokenizer
 from reverie.student.samples import ChatEncoder, build_variant

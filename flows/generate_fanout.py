@@ -2,8 +2,8 @@
 Prefect's Dask task runner on a local Dask cluster, writing exactly what
 `reverie.generate.generate_dataset` writes (the same records, byte for byte).
 
-`python -m flows.generate_fanout [--params params.yaml] [--out data] [--workers 2] [--shards N]`;
-the DVC stage `generate` runs it when params set `generate.shards` above 1.
+`python -m flows.generate_fanout [--params params.yaml] [--out data] [--workers 2] [--shards N] [--metrics F]`;
+the DVC stage `generate` runs it, as a process of its own, when params set `generate.shards` above 1.
 """
 from __future__ import annotations
 
@@ -79,8 +79,13 @@ def main() -> None:
     p.add_argument("--out", default="data")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--shards", type=int, default=None, help="default: generate.shards from params")
+    p.add_argument("--metrics", default=None, help="also write the metrics to this JSON file (the generate stage reads it)")
     args = p.parse_args()
     m = generate_sharded(args.params, args.out, args.workers, args.shards).metrics
+    if args.metrics:
+        from reverie.io import write_json
+
+        write_json(args.metrics, m)
     print(f"[generate] {m['records']} records kept of {m['raw_records']} ({m['quarantined']} quarantined) "
           f"in {m['seconds']:.1f}s on {args.workers} worker(s)")
 

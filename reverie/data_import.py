@@ -19,7 +19,7 @@ from .io import load_json_file
 from .student.model import IMAGE_TOKEN
 from .student.samples import (LLAVA, RESPONSE, SHAREGPT, ChatFormat, Conversation, Turn, build_variant, chat_messages,
                               to_llava_json)
-from .teachers.scene_graph import LETTER, SHORT
+from .vocab import LETTER, SHORT
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 

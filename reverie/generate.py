@@ -15,7 +15,7 @@ from .settings import ParamsError
 from .records import filter_quality, make_record
 from .teachers.judge import SceneGraphJudge
 from .teachers.scene_graph import SceneGraphTeacher
-from .world import Scene, image_relpath, sample_world, write_scene
+from .world import Scene, image_relpath, partner_map, sample_world, write_scene
 
 
 @dataclass
@@ -25,10 +25,7 @@ class GenerateResult:
 
 
 def build_teacher(world, generate) -> SceneGraphTeacher:
-    partners = {}
-    for a, b in world.cooccurrence_pairs:
-        partners[a], partners[b] = b, a
-    return SceneGraphTeacher(world.kinds, world.colors, partners, generate.template_version)
+    return SceneGraphTeacher(world.kinds, world.colors, partner_map(world), generate.template_version)
 
 
 def records_for_scene(scene: Scene, teacher, judge, generate, seed: int) -> list[dict]:
@@ -294,10 +291,3 @@ def log_generation_run(params, metrics: dict) -> None:
         logger.end("FAILED")
         raise
     logger.end()
-
-
-def load_scenes(data_dir: str | Path) -> dict[str, Scene]:
-    path = Path(data_dir) / "scenes" / "scenes.jsonl"
-    with path.open() as f:
-        scenes = [Scene.from_json(json.loads(line)) for line in f if line.strip()]
-    return {s.image_id: s for s in scenes}

@@ -17,8 +17,9 @@ from .evaluation.per_image import METRICS, POPE_SPLITS, image_components
 from .io import atomic_path, read_jsonl, write_json, write_text
 from .statistics import (bootstrap_interval, bootstrap_p_value, bootstrap_weights, holm, mcnemar_p_value,
                          resampled, t_interval)
+from .vocab import VARIANTS, parse_run_name, run_name
 
-VARIANT_ORDER = ("response", "pos", "neg", "pos_neg")
+VARIANT_ORDER = VARIANTS
 COLUMNS = [
     ("pope.random.f1", "POPE rand F1"),
     ("pope.popular.f1", "POPE pop F1"),
@@ -36,17 +37,13 @@ MME_NOTE = ("MME-4 sums four subtasks of 200 points (accuracy + accuracy+, in %)
             "so they test transfer.")
 
 
-def run_name(variant: str, seed: int) -> str:
-    return f"{variant}-s{seed}"
-
-
 def collect(eval_dir: str | Path, tune_dir: str | Path | None = None,
             predictions_dir: str | Path | None = None) -> dict[str, dict[int, dict]]:
     """Per variant and seed: the eval metrics, the tune summary and (when the predictions are
     there) the per-image counts every resampled statistic is built from."""
     runs: dict[str, dict[int, dict]] = {}
     for path in sorted(Path(eval_dir).glob("*-s*.json")):
-        variant, seed = path.stem.rsplit("-s", 1)
+        variant, seed = parse_run_name(path.stem)
         metrics = json.loads(path.read_text())
         if tune_dir and (Path(tune_dir) / path.name).exists():
             tune = json.loads((Path(tune_dir) / path.name).read_text())

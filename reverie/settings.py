@@ -11,7 +11,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-VARIANTS = ("response", "pos", "neg", "pos_neg")
+from .vocab import VARIANTS
+
+Variant = Literal[VARIANTS]  # reverie/vocab.py lists them
 
 
 class Section(BaseModel):
@@ -261,7 +263,7 @@ class PromptSettings(Section):
 
 
 class TuneSettings(Section):
-    variants: list[Literal["response", "pos", "neg", "pos_neg"]] = list(VARIANTS)
+    variants: list[Variant] = list(VARIANTS)
     seeds: list[int] = [0, 1, 2]
     prompts: PromptSettings = PromptSettings()
     lora: LoraSettings = LoraSettings()
@@ -283,7 +285,7 @@ class EvaluateSettings(Section):
 
 
 class ReportSettings(Section):
-    baseline: Literal["response", "pos", "neg", "pos_neg"] = "response"
+    baseline: Variant = "response"
     # the comparison is void when the baseline does not see (reverie/report.py)
     min_baseline_pope_accuracy: float = Field(0.7, ge=0, le=1)
     baseline_yes_ratio: tuple[float, float] = (0.2, 0.8)
@@ -360,3 +362,45 @@ def _describe(exc: ValidationError, path: Path) -> str:
             shown = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
             lines.append(f"  - '{key}': {err['msg']}{shown}")
     return "\n".join(lines)
+
+
+class ReadRecorder:
+    """A read-only view of typed params that records the dotted path of every setting read
+    through it (`world.kinds`, `tune.lora.r`), so a test can hold each stage's reads against
+    the `params:` that dvc.yaml declares for it. Sections read through it come back wrapped
+    too; a `model_dump()` counts as reading every key it returns."""
+
+    def __init__(self, target: BaseModel, reads: set[str] | None = None, path: str = ""):
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_reads", set() if reads is None else reads)
+        object.__setattr__(self, "_path", path)
+
+    def _key(self, name: str) -> str:
+        field = type(self._target).model_fields.get(name)
+        name = field.alias if field is not None and field.alias else name
+        return f"{self._path}.{name}" if self._path else name
+
+    def __getattr__(self, name: str):
+        value = getattr(self._target, name)
+        if name in type(self._target).model_fields:
+            if isinstance(value, BaseModel):
+                return ReadRecorder(value, self._reads, self._key(name))
+            self._reads.add(self._key(name))
+            return value
+        if name == "model_dump":
+            def dump(*args, **kwargs):
+                out = value(*args, **kwargs)
+                by_alias = kwargs.get("by_alias", False)
+                for field_name, field in type(self._target).model_fields.items():
+                    if (field.alias if by_alias and field.alias else field_name) in out:
+                        self._reads.add(self._key(field_name))
+                return out
+            return dump
+        return value
+
+    def __setattr__(self, name, value):
+        raise TypeError("params are read-only")
+
+    @property
+    def reads(self) -> set[str]:
+        return self._reads

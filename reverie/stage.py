@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import os
 import sys
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 from .io import DataFileError
-from .settings import ParamsError, load_params
+from .settings import ParamsError, ReadRecorder, load_params
 from .workspace import WorkspaceBusy, refuse_if_held
 
 
@@ -55,5 +58,23 @@ class StageFailed(RuntimeError):
     """A stage that ran but whose result must not be trusted downstream."""
 
 
+RECORD_READS_ENV = "REVERIE_RECORD_READS"
+
+
 def params_from(args):
-    return load_params(args.params)
+    """The stage's params. With REVERIE_RECORD_READS set to a folder (the declared-params test
+    sets it), every setting the stage reads is recorded, and written at exit to
+    `<folder>/<DVC stage name>.json` for the test to hold against dvc.yaml's `params:`."""
+    params = load_params(args.params)
+    folder = os.environ.get(RECORD_READS_ENV)
+    if not folder:
+        return params
+    recorder = ReadRecorder(params)
+    name = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+
+    def write() -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(sorted(recorder.reads), indent=1))
+
+    atexit.register(write)
+    return recorder

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .generate import load_scenes
 from .environment import environment
 from .io import atomic_dir, model_fingerprint, read_jsonl, write_json, write_text
-from .world import image_relpath, partner_map
+from .vocab import run_name
+from .world import image_relpath, load_scenes, partner_map
 from .student.base import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
 from .student.samples import ChatEncoder, build_variant, to_llava_json
@@ -188,10 +188,12 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     cfg = TrainConfig(epochs=tune.epochs, batch_size=tune.batch_size, lr=tune.lr, warmup_fraction=tune.warmup_fraction,
                       weight_decay=tune.weight_decay, seed=seed, checkpoint_every=tune.checkpoint_every,
                       max_steps=max_steps)
-    name = f"{variant}-s{seed}"
-    ckpt_dir = checkpoint_dir(state_dir, name, samples, tune.model_dump(), variant, seed, model_fingerprint(base_dir))
+    name = run_name(variant, seed)
+    # the matrix's lists (tune.variants, tune.seeds) say which runs exist, not how this one runs
+    settings = tune.model_dump(exclude={"variants", "seeds"})
+    ckpt_dir = checkpoint_dir(state_dir, name, samples, settings, variant, seed, model_fingerprint(base_dir))
     logger = _logger(params, name, {"variant": variant, "seed": str(seed), "dvc.stage": f"tune@{variant}-{seed}"})
-    logger.log_params({"tune": tune.model_dump(), "variant": variant, "seed": seed, "base_dir": str(base_dir),
+    logger.log_params({"tune": settings, "variant": variant, "seed": seed, "base_dir": str(base_dir),
                        "samples": len(samples), "trainable_parameters": trainable})
     logger.log_dataset(Path(split_dir) / "train.jsonl", name="reverie-train")
     try:
@@ -226,17 +228,3 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
         raise
     remove_checkpoints(state_dir, name)
     return metrics
-
-
-def load_tuned(model_dir: str | Path):
-    """A tuned student ready for inference: LoRA adapters are merged into the base."""
-    model_dir = Path(model_dir)
-    info = json.loads((model_dir / RUN_ID_FILE).read_text())
-    if info.get("lora"):
-        from peft import PeftModel
-
-        base, processor = load_student(info["base"])
-        model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
-    else:
-        model, processor = load_student(model_dir)
-    return model.eval(), processor, info

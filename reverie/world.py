@@ -8,6 +8,7 @@ adversarial splits probe.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -221,3 +222,11 @@ def write_scene(scene: Scene, root: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     render(scene).save(path, format="PNG")
     return path
+
+
+def load_scenes(data_dir: str | Path) -> dict[str, Scene]:
+    """The scene graphs `generate` wrote (data/scenes/scenes.jsonl), by image id."""
+    path = Path(data_dir) / "scenes" / "scenes.jsonl"
+    with path.open() as f:
+        scenes = [Scene.from_json(json.loads(line)) for line in f if line.strip()]
+    return {s.image_id: s for s in scenes}

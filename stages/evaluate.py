@@ -1,11 +1,12 @@
 """DVC stage `evaluate@<variant>-<seed>`: benchmarks on held-out scenes, into the same MLflow run."""
 from reverie.io import write_json
+from reverie.vocab import VARIANTS, run_name
 from reverie.stage import params_from, parser, stage
 
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--variant", required=True, choices=["response", "pos", "neg", "pos_neg"])
+    p.add_argument("--variant", required=True, choices=VARIANTS)
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--data", default="data")
     p.add_argument("--split", default="data/split")
@@ -13,7 +14,7 @@ def main() -> None:
     p.add_argument("--predictions", default=None, help="default: predictions/<variant>-s<seed>.jsonl")
     p.add_argument("--metrics", default=None, help="default: metrics/eval/<variant>-s<seed>.json")
     args = p.parse_args()
-    name = f"{args.variant}-s{args.seed}"
+    name = run_name(args.variant, args.seed)
     with stage(f"evaluate {name}"):
         from reverie.evaluation.run import evaluate_student
 

@@ -1,11 +1,12 @@
 """DVC stage `tune@<variant>-<seed>`: reflective tuning of one variant from the shared base."""
 from reverie.io import write_json
+from reverie.vocab import VARIANTS, run_name
 from reverie.stage import params_from, parser, stage
 
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--variant", required=True, choices=["response", "pos", "neg", "pos_neg"])
+    p.add_argument("--variant", required=True, choices=VARIANTS)
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--base", default="models/base")
     p.add_argument("--data", default="data")
@@ -14,7 +15,7 @@ def main() -> None:
     p.add_argument("--metrics", default=None, help="default: metrics/tune/<variant>-s<seed>.json")
     p.add_argument("--losses", default=None, help="default: plots/loss/<variant>-s<seed>.csv")
     args = p.parse_args()
-    name = f"{args.variant}-s{args.seed}"
+    name = run_name(args.variant, args.seed)
     with stage(f"tune {name}"):
         from reverie.tune import is_main_process, tune_variant
         from reverie.evaluation.quick import heldout_check

@@ -96,8 +96,8 @@ def make_project(dest: Path, params: dict) -> Path:
     return dest
 
 
-def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+def dvc(project: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -114,9 +114,13 @@ def prefect_harness(tmp_path_factory):
         yield
 
 
+PARAMS_READS = ".reverie/params_reads"
+
+
 @pytest.fixture(scope="session")
 def repro_project(tmp_path_factory):
-    """The whole DAG reproduced once on the tiny config, shared by the end-to-end tests."""
+    """The whole DAG reproduced once on the tiny config, shared by the end-to-end tests. Each
+    stage records the settings it reads in `.reverie/params_reads/` (tests/test_declared_params.py)."""
     project = make_project(tmp_path_factory.mktemp("project"), tiny_params_dict())
-    first = dvc(project, "repro")
+    first = dvc(project, "repro", env={"REVERIE_RECORD_READS": str(project / PARAMS_READS)})
     return project, first

@@ -243,7 +243,8 @@ def test_pope_builds_on_annotated_scenes(tmp_path):
 
 
 def test_generate_uses_the_annotations_and_their_images(tmp_path, coco):
-    from reverie.generate import generate_dataset, load_scenes
+    from reverie.generate import generate_dataset
+    from reverie.world import load_scenes
     from reverie.settings import Params
 
     from .conftest import tiny_params_dict

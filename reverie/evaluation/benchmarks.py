@@ -11,11 +11,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
+from ..vocab import LETTER, SHORT
 from ..world import Scene, confusing_count, count_question_kind, image_relpath, position_name
 from .scoring import LETTERS, rotations
 
-SHORT = "Answer the question using a single word or phrase."
-LETTER = "Answer with the option's letter from the given choices directly."
 
 
 @dataclass

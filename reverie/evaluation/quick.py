@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..generate import load_scenes
-from ..world import partner_map
+from ..world import load_scenes, partner_map
 
 
 def heldout_check(params, model_dir: str | Path, data_dir: str | Path) -> dict:
-    from ..tune import load_tuned
+    from ..student.model import load_tuned
     from .perception import perception_check
 
     n = params.tune.quick_eval_images

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..generate import load_scenes
 from ..io import read_jsonl, write_jsonl
-from ..world import image_relpath
+from ..vocab import run_name
+from ..world import image_relpath, load_scenes
 from .benchmarks import Item, build_all
 from .decode import Answerer, Question
 from .scoring import score_predictions
@@ -70,7 +70,7 @@ def benchmark_items(params, data_dir: str | Path, split_dir: str | Path) -> tupl
 
 def evaluate_student(params, model_dir: str | Path, data_dir: str | Path, split_dir: str | Path,
                      predictions_path: str | Path, progress: bool = True) -> dict:
-    from ..tune import load_tuned
+    from ..student.model import load_tuned
 
     settings = params.evaluate
     items, _ = benchmark_items(params, data_dir, split_dir)
@@ -103,7 +103,7 @@ def _log(params, info: dict, metrics: dict) -> None:
     run_id = info.get("run_id")
     if not run_id:
         return
-    logger = project_run(params, f"{info['variant']}-s{info['seed']}", {}, run_id=run_id)
+    logger = project_run(params, run_name(info['variant'], info['seed']), {}, run_id=run_id)
     logger.log_metrics({f"eval.{k}": v for k, v in flatten(metrics["scores"]).items()})
     logger.log_metrics({k: v for k, v in metrics.items() if k not in ("scores",)})
     logger.end()

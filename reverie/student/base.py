@@ -12,12 +12,12 @@ from __future__ import annotations
 import random
 import re
 
+from ..vocab import SHORT
 from ..world import Scene, position_name
 from .samples import RESPONSE, Conversation, Turn
 
 DESCRIBE = "Describe the image in detail."
 LIST_OBJECTS = "What objects are in the image?"
-SHORT = "Answer the question using a single word or phrase."
 EXISTENCE = "Is there a {kind} in the image?\n" + SHORT
 COLOR = "What color is the {kind}?\n" + SHORT
 SIZE = "What size is the {kind}?\n" + SHORT

@@ -5,6 +5,7 @@ chat template, image processor) that `from_pretrained` loads like any LLaVA chec
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -85,3 +86,19 @@ def image_token_count(config) -> int:
     v = config.vision_config
     patches = (v.image_size // v.patch_size) ** 2
     return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+
+
+def load_tuned(model_dir: str | Path):
+    """A tuned student ready for inference: LoRA adapters are merged into the base."""
+    from ..tracking import RUN_ID_FILE
+
+    model_dir = Path(model_dir)
+    info = json.loads((model_dir / RUN_ID_FILE).read_text())
+    if info.get("lora"):
+        from peft import PeftModel
+
+        base, processor = load_student(info["base"])
+        model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    else:
+        model, processor = load_student(model_dir)
+    return model.eval(), processor, info

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..vocab import VARIANT_RATIONALES
 from .model import IMAGE_TOKEN
 
 IGNORE = -100
@@ -37,10 +38,11 @@ class Conversation:
 def conversations_for(record: dict, variant: str, prompts) -> list[Conversation]:
     first = Turn(record["question"], record["correct_answer"], RESPONSE)
     out = [Conversation(record["id"], record["image"], (first,), "response")]
-    if variant in ("pos", "pos_neg"):
+    rationales = VARIANT_RATIONALES[variant]
+    if "positive" in rationales:
         out.append(Conversation(record["id"] + ":pos", record["image"],
                                 (first, Turn(prompts.positive, record["correct_rationale"], RATIONALE)), "positive"))
-    if variant in ("neg", "pos_neg"):
+    if "negative" in rationales:
         negative = prompts.negative.format(confusing_answer=record["confusing_answer"])
         out.append(Conversation(record["id"] + ":neg", record["image"],
                                 (first, Turn(negative, record["incorrect_rationale"], RATIONALE)), "negative"))
@@ -48,7 +50,7 @@ def conversations_for(record: dict, variant: str, prompts) -> list[Conversation]
 
 
 def build_variant(records: list[dict], variant: str, prompts) -> list[Conversation]:
-    if variant not in ("response", "pos", "neg", "pos_neg"):
+    if variant not in VARIANT_RATIONALES:
         raise ValueError(f"unknown variant {variant!r}; expected response, pos, neg or pos_neg")
     return [c for r in records for c in conversations_for(r, variant, prompts)]
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from ..data_import import LETTERS, ImageEntry, infer_question_type, option_letter, split_options
 from ..records import QUESTION_TYPES, REASONING_KINDS
-from .scene_graph import LETTER, SHORT
+from ..vocab import LETTER, SHORT
 
 FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_+-]*[ \t]*\n?(.*?)```", re.S)
 YES_NO_WORD = re.compile(r"^\W*(yes|no)\b", re.I)

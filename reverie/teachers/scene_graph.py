@@ -17,10 +17,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..vocab import LETTER, SHORT
 from ..world import Scene, SceneObject, confusing_count, count_question_kind, position_name
 
-SHORT = "Answer the question using a single word or phrase."
-LETTER = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
 
 
