@@ -37,7 +37,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "judge": (["reverie/teachers/judge.py", "reverie/teachers/annotated.py"],
               ["tests/test_judge.py", "tests/test_annotations.py"], None),
     "quality": (["reverie/quality.py"], ["tests/test_quality.py"], None),
-    "samples": (["reverie/student/samples.py"], ["tests/test_samples.py"], None),
+    "samples": (["reverie/student/samples.py", "reverie/conversations.py"], ["tests/test_samples.py"], None),
     "checkpoint": (["reverie/student/train.py"], ["tests/test_training.py"],
                    ["*.x__resume__*", "*.x__checkpoint_*", "*.x__save_checkpoint__*", "*.x_checkpoint_dir__*",
                     "*.x_remove_checkpoints__*", "*.x_length_grouped_batches__*", "*_Progress*"]),
