@@ -33,7 +33,7 @@ WORK = ROOT / ".reverie" / "mutation"
 MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "scoring": (["reverie/evaluation/scoring.py"], ["tests/test_scoring.py"], None),
     "loaders": (["reverie/evaluation/loaders.py"], ["tests/test_benchmarks.py"], None),
-    "pope_build": (["reverie/evaluation/benchmarks.py"], ["tests/test_benchmarks.py"], ["*.x_pope__*", "*.x_object_statistics__*"]),
+    "pope_build": (["reverie/evaluation/suites.py"], ["tests/test_benchmarks.py"], ["*.x_pope__*", "*.x_object_statistics__*"]),
     "judge": (["reverie/teachers/judge.py", "reverie/teachers/annotated.py"],
               ["tests/test_judge.py", "tests/test_annotations.py"], None),
     "quality": (["reverie/quality.py"], ["tests/test_quality.py"], None),

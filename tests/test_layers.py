@@ -51,8 +51,8 @@ def offenders(folder: str, importer: str, forbidden: tuple[str, ...]) -> dict[st
 
 
 def test_the_import_reader_resolves_relative_imports(tmp_path):
-    assert "reverie.world" in imports(ROOT / "reverie/evaluation/benchmarks.py")
-    assert "reverie.evaluation.scoring" in imports(ROOT / "reverie/evaluation/benchmarks.py")
+    assert "reverie.world" in imports(ROOT / "reverie/evaluation/suites.py")
+    assert "reverie.evaluation.scoring" in imports(ROOT / "reverie/evaluation/suites.py")
     assert "reverie.stage" in imports(ROOT / "stages/generate.py")
 
 
