@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from reverie.evaluation.benchmarks import build_all
+from reverie.evaluation.suites import build_all
 from reverie.evaluation.decode import Answerer, Question
 from reverie.generate import generate_dataset
 from reverie.settings import load_params

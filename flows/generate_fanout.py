@@ -34,8 +34,8 @@ def generate_shard_task(index: int, params_dump: dict, scene_jsons: list[dict], 
     return index, generate_shard(params_dump, scene_jsons, out_dir)
 
 
-@flow(name="reverie-generate-shards", task_runner=dask_runner(2), persist_result=False)
-def generate_shards(params_path: str, out: str, shards: int | None = None) -> GenerateResult:
+@flow(name="reverie-generate-shards-on-runner", task_runner=dask_runner(2), persist_result=False)
+def generate_shards_on_runner(params_path: str, out: str, shards: int | None = None) -> GenerateResult:
     """Samples the world, maps the shard task over its shards on the flow's Dask cluster,
     merges the records in image order and writes what the one-process stage writes."""
     from reverie.settings import load_params
@@ -53,16 +53,16 @@ def generate_shards(params_path: str, out: str, shards: int | None = None) -> Ge
     return finish_dataset(scenes, raw, out_dir, elapsed)
 
 
-@flow(name="reverie-generate-sharded", persist_result=False)
-def generate_sharded(params_path: str = "params.yaml", out: str = "data", workers: int = 2,
+@flow(name="reverie-generate-on-local-dask", persist_result=False)
+def generate_on_local_dask(params_path: str = "params.yaml", out: str = "data", workers: int = 2,
                      shards: int | None = None) -> GenerateResult:
     """Generation on a local Dask cluster of `workers` processes, one task per shard
     (`generate.shards` from params, or `shards`). A task runner is fixed when a flow starts,
-    so this flow runs `generate_shards` as a subflow with a runner of `workers` processes."""
+    so this flow runs `generate_shards_on_runner` as a subflow with a runner of `workers` processes."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     get_run_logger().info(f"local Dask cluster: {workers} worker process(es), one thread each")
-    run = generate_shards.with_options(task_runner=dask_runner(workers))
+    run = generate_shards_on_runner.with_options(task_runner=dask_runner(workers))
     if PREFECT_API_URL.value():
         return run(params_path, out, shards)
     # no Prefect server configured: this process runs a temporary one, and the Dask workers
@@ -81,7 +81,7 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=None, help="default: generate.shards from params")
     p.add_argument("--metrics", default=None, help="also write the metrics to this JSON file (the generate stage reads it)")
     args = p.parse_args()
-    m = generate_sharded(args.params, args.out, args.workers, args.shards).metrics
+    m = generate_on_local_dask(args.params, args.out, args.workers, args.shards).metrics
     if args.metrics:
         from reverie.io import write_json
 

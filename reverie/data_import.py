@@ -15,11 +15,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .conversations import (LLAVA, RESPONSE, SHAREGPT, ChatFormat, Conversation, Turn, build_variant, chat_messages,
+                            strip_image_token, to_llava_json)
 from .io import load_json_file
-from .student.model import IMAGE_TOKEN
-from .student.samples import (LLAVA, RESPONSE, SHAREGPT, ChatFormat, Conversation, Turn, build_variant, chat_messages,
-                              to_llava_json)
-from .vocab import LETTER, SHORT
+from .vocab import LETTER, SHORT, image_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -90,7 +89,7 @@ def image_folder(root: str | Path, eval_fraction: float = 0.1) -> list[ImageEntr
         if image_id in entries:
             raise ValueError(f"{path} and {entries[image_id].path} map to the same image id {image_id!r}; rename one")
         split = split_for(image_id, eval_fraction)
-        entries[image_id] = ImageEntry(image_id, path, f"images/{split}/{image_id}{path.suffix.lower()}", split)
+        entries[image_id] = ImageEntry(image_id, path, image_path(split, image_id, path.suffix.lower()), split)
     if not entries:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return list(entries.values())
@@ -163,12 +162,8 @@ def infer_question_type(question: str, correct_answer: str, options: list[str] |
 
 
 # ---- LLaVA and ShareGPT conversation JSON ---------------------------------------------------
-def _strip_image_token(text: str) -> str:
-    return text.replace(f"{IMAGE_TOKEN}\n", "").replace(f"\n{IMAGE_TOKEN}", "").replace(IMAGE_TOKEN, "").strip()
-
-
 def _conversation(row_id: str, image: str, pairs: list[tuple[str, str]], kind: str) -> Conversation:
-    return Conversation(row_id, image, tuple(Turn(_strip_image_token(u), a, RESPONSE) for u, a in pairs), kind)
+    return Conversation(row_id, image, tuple(Turn(strip_image_token(u), a, RESPONSE) for u, a in pairs), kind)
 
 
 def _pairs(row: dict, fmt: ChatFormat) -> list[tuple[str, str]]:
@@ -239,7 +234,7 @@ def from_sharegpt_json(rows: list[dict]) -> list[Conversation]:
 
 
 def export_samples(records: list[dict], variant: str, prompts, fmt: str = "llava") -> list[dict]:
-    """Reflective training samples of a variant (see student/samples.py) as LLaVA or ShareGPT JSON."""
+    """Reflective training samples of a variant (see conversations.py) as LLaVA or ShareGPT JSON."""
     conversations = build_variant(records, variant, prompts)
     if fmt == "llava":
         return to_llava_json(conversations)

@@ -48,6 +48,11 @@ def records_for_scene(scene: Scene, teacher, judge, generate, seed: int) -> list
 
 
 def generate_dataset(params, out_dir: str | Path, render_images: bool = True, progress: bool = True) -> GenerateResult:
+    """The generate stage in one process: images, scene files and REVERIE records under
+    `out_dir`, from the source `generate.teacher` names: an image folder for a chat-API or local
+    teacher, the released REVERIE JSON, or else the synthetic world (or real scene graphs,
+    `generate.annotations`), taught scene by scene and checked by a judge. The returned metrics
+    count what was kept and what was quarantined."""
     if params.generate.teacher in ("openai", "local"):
         return generate_from_image_folder(params, out_dir, render_images, progress)
     if params.generate.teacher == "reverie_json":

@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .conversations import strip_image_token
 from .data_import import (LETTERS, UnsafeImagePath, infer_question_type, option_letter, safe_image_path, split_for,
                           split_options)
 from .io import iter_json_items
@@ -39,15 +40,10 @@ from .records import PUBLISHED_FIELDS, QUESTION_TYPES, length_problems
 POSITIVE_PROMPT = "Explain why. Including any necessary facts or knowledge."
 NEGATIVE_PROMPT = "Explain why this answer is wrong: {confusing_answer}. Including any necessary facts or knowledge."
 JUDGE_FIELDS = ("gemini_pro_judge", "chatgpt_judge", "gpt3.5_judge")
-IMAGE_TOKEN = "<image>"
 
 
 def _norm(text) -> str:
     return " ".join(str(text).lower().strip().rstrip(".").split())
-
-
-def _strip_image_token(text: str) -> str:
-    return str(text).replace(f"{IMAGE_TOKEN}\n", "").replace(f"\n{IMAGE_TOKEN}", "").replace(IMAGE_TOKEN, "").strip()
 
 
 def _words(text: str) -> str:
@@ -175,7 +171,7 @@ class ReleaseReader:
                                                    "gpt rationale", line, index, row)
             return
         question, answer, prompt, rationale = (str(t.get("value") or "").strip() for t in turns)
-        question = _strip_image_token(question)
+        question = strip_image_token(question)
         missing = [name for name, v in (("image", row.get("image")), ("question", question), ("answer", answer),
                                         ("rationale", rationale)) if not str(v or "").strip()]
         if missing:

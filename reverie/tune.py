@@ -169,6 +169,11 @@ def apply_lora(model, lora):
 def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir: str | Path, split_dir: str | Path,
                  out_dir: str | Path, state_dir: str | Path = ".reverie", progress: bool = True,
                  max_steps: int | None = None, loss_csv: str | Path | None = None) -> dict:
+    """One (variant, seed) run of the ablation: the variant's conversations from the train
+    split, LoRA (with LoRA off, all but the vision tower) trained on the base model in `base_dir`,
+    the tuned model saved to `out_dir` and everything logged to one MLflow run. Resumes from its
+    checkpoint under `state_dir`; `max_steps` stops early on purpose (tests, kill simulations)
+    and leaves the checkpoint for a resume, without saving a model."""
     tune = params.tune
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
@@ -209,7 +214,9 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
             write_text(loss_csv, "step,loss,response_loss,rationale_loss,lr\n" + "".join(
                 f"{h['step']},{h['loss']},{h['response_loss']},{h['rationale_loss']},{h['lr']}\n" for h in result.history))
         if result.steps < result.metrics["total_steps"]:
-            logger.end("KILLED")
+            # stopped early on purpose (max_steps): a finished run, tagged as partial, not a failure
+            logger.set_tags({"stopped_early": f"max_steps={max_steps}"})
+            logger.end("FINISHED")
             return metrics  # stopped early on purpose (max_steps): the checkpoint stays for a resume
         if not is_main_process():
             return metrics

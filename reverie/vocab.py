@@ -1,7 +1,8 @@
-"""The domain's words, written once: the prompt suffixes that LLaVA-1.5 (and so the REVERIE
+"""The domain's words, written once: the image token, an image's path under the data root, the prompt suffixes that LLaVA-1.5 (and so the REVERIE
 data, the student's base step and the benchmarks) append to a question, the ablation's variants
 and the name of one (variant, seed) run. Depends on nothing, so every layer may use it."""
 
+IMAGE_TOKEN = "<image>"  # where the image stands in a LLaVA conversation's first message
 SHORT = "Answer the question using a single word or phrase."
 LETTER = "Answer with the option's letter from the given choices directly."
 
@@ -14,6 +15,12 @@ VARIANT_RATIONALES: dict[str, tuple[str, ...]] = {
     "pos_neg": ("positive", "negative"),
 }
 VARIANTS = tuple(VARIANT_RATIONALES)
+
+
+def image_path(split: str, image_id: str, suffix: str = ".png") -> str:
+    """Where an image lies under the data root: the path every record, scene and benchmark item
+    names it by."""
+    return f"images/{split}/{image_id}{suffix}"
 
 
 def run_name(variant: str, seed: int) -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .vocab import image_path
+
 COLOR_RGB = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -214,7 +216,7 @@ def sample_world(settings, seed: int) -> tuple[list[Scene], list[Scene]]:
 
 
 def image_relpath(scene: Scene) -> str:
-    return f"images/{scene.split}/{scene.image_id}.png"
+    return image_path(scene.split, scene.image_id)
 
 
 def write_scene(scene: Scene, root: Path) -> Path:

@@ -33,11 +33,11 @@ WORK = ROOT / ".reverie" / "mutation"
 MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "scoring": (["reverie/evaluation/scoring.py"], ["tests/test_scoring.py"], None),
     "loaders": (["reverie/evaluation/loaders.py"], ["tests/test_benchmarks.py"], None),
-    "pope_build": (["reverie/evaluation/benchmarks.py"], ["tests/test_benchmarks.py"], ["*.x_pope__*", "*.x_object_statistics__*"]),
+    "pope_build": (["reverie/evaluation/suites.py"], ["tests/test_benchmarks.py"], ["*.x_pope__*", "*.x_object_statistics__*"]),
     "judge": (["reverie/teachers/judge.py", "reverie/teachers/annotated.py"],
               ["tests/test_judge.py", "tests/test_annotations.py"], None),
     "quality": (["reverie/quality.py"], ["tests/test_quality.py"], None),
-    "samples": (["reverie/student/samples.py"], ["tests/test_samples.py"], None),
+    "samples": (["reverie/student/samples.py", "reverie/conversations.py"], ["tests/test_samples.py"], None),
     "checkpoint": (["reverie/student/train.py"], ["tests/test_training.py"],
                    ["*.x__resume__*", "*.x__checkpoint_*", "*.x__save_checkpoint__*", "*.x_checkpoint_dir__*",
                     "*.x_remove_checkpoints__*", "*.x_length_grouped_batches__*", "*_Progress*"]),

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from reverie.annotations import read_annotations, teacher_partners
-from reverie.evaluation.benchmarks import object_statistics, pope
+from reverie.evaluation.suites import object_statistics, pope
 from reverie.generate import records_for_scene
 from reverie.records import PUBLISHED_FIELDS, filter_quality
 from reverie.settings import AnnotationSettings, GenerateSettings

@@ -8,7 +8,7 @@ from contextlib import closing
 import pytest
 
 from benchmarks import evaluation, teacher
-from reverie.evaluation.benchmarks import Item
+from reverie.evaluation.suites import Item
 from tests.chat_server import ChatServer
 
 

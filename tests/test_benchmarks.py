@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from reverie.evaluation.benchmarks import mme, mmbench, object_statistics, pope
+from reverie.evaluation.suites import mme, mmbench, object_statistics, pope
 from reverie.evaluation.loaders import load_mmbench, load_mme, load_pope, load_scienceqa
 from reverie.io import DataFileError
 from reverie.settings import WorldSettings

@@ -43,7 +43,7 @@ def _digest(root: Path, relpath: str) -> str:
 
 
 def test_a_two_worker_dask_cluster_writes_the_same_data_as_one_process(tmp_path, prefect_harness):
-    from flows.generate_fanout import generate_sharded
+    from flows.generate_fanout import generate_on_local_dask
     from reverie.generate import generate_dataset
     from reverie.settings import load_params
 
@@ -58,7 +58,7 @@ def test_a_two_worker_dask_cluster_writes_the_same_data_as_one_process(tmp_path,
     one = generate_dataset(params, tmp_path / "one", progress=False)
     one_s = time.perf_counter() - started
     started = time.perf_counter()
-    sharded = generate_sharded(str(params_path), str(tmp_path / "sharded"), workers=2)
+    sharded = generate_on_local_dask(str(params_path), str(tmp_path / "sharded"), workers=2)
     sharded_s = time.perf_counter() - started
     print(f"\n[fanout] one process {one_s:.2f}s; 4 shards on 2 Dask workers {sharded_s:.2f}s "
           f"(flow, cluster start included; shards alone {sharded.metrics['seconds']:.2f}s)")

@@ -51,8 +51,8 @@ def offenders(folder: str, importer: str, forbidden: tuple[str, ...]) -> dict[st
 
 
 def test_the_import_reader_resolves_relative_imports(tmp_path):
-    assert "reverie.world" in imports(ROOT / "reverie/evaluation/benchmarks.py")
-    assert "reverie.evaluation.scoring" in imports(ROOT / "reverie/evaluation/benchmarks.py")
+    assert "reverie.world" in imports(ROOT / "reverie/evaluation/suites.py")
+    assert "reverie.evaluation.scoring" in imports(ROOT / "reverie/evaluation/suites.py")
     assert "reverie.stage" in imports(ROOT / "stages/generate.py")
 
 
@@ -79,3 +79,8 @@ def test_teachers_may_use_data_import_but_data_import_never_the_teachers():
 
 def test_the_vocabulary_depends_on_nothing():
     assert offenders("reverie", "reverie.vocab", ("reverie",)) == {}
+
+
+def test_the_data_layer_never_imports_the_student_package():
+    assert offenders("reverie", "reverie.data_import", ("reverie.student",)) == {}
+    assert offenders("reverie", "reverie.conversations", ("reverie.student",)) == {}

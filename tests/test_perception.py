@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from reverie.evaluation.benchmarks import Item, multiple_choice_items, short_answers
+from reverie.evaluation.suites import Item, multiple_choice_items, short_answers
 from reverie.evaluation.chance import BlindPrior, reference_rows
 from reverie.evaluation.perception import description_recall, existence_probes, shuffled
 from reverie.settings import WorldSettings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from .benchmarks import Item
+from .suites import Item
 
 
 def stem(question: str) -> str:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from ..io import DataFileError, iter_json_items, read_text_file
-from .benchmarks import SHORT, Item, multiple_choice_items
+from .suites import SHORT, Item, multiple_choice_items
 from .scoring import LETTERS
 
 YES_NO = ("yes", "no")

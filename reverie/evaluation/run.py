@@ -8,7 +8,7 @@ from pathlib import Path
 from ..io import read_jsonl, write_jsonl
 from ..vocab import run_name
 from ..world import image_relpath, load_scenes
-from .benchmarks import Item, build_all
+from .suites import Item, build_all
 from .decode import Answerer, Question
 from .scoring import score_predictions
 

@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from ..vocab import IMAGE_TOKEN
+
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-IMAGE_TOKEN = "<image>"
 # LLaVA-1.5's conversation format, which llava-hf checkpoints also use.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"

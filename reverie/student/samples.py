@@ -1,11 +1,6 @@
-"""From records to training conversations, and from conversations to token ids with masks.
+"""From training conversations (reverie/conversations.py: a record's samples per variant)
+to token ids with masks.
 
-The four variants of the paper's ablation, each sample its own conversation ("separate
-contexts"):
-  response: <image> question -> correct answer
-  pos:      response samples + (question -> answer, positive prompt -> positive rationale)
-  neg:      response samples + (question -> answer, negative prompt -> negative rationale)
-  pos_neg:  all three kinds
 Loss falls on assistant tokens only; each target token is tagged as a response or a
 rationale token so that the two losses are reported separately.
 """
@@ -13,75 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..vocab import VARIANT_RATIONALES
-from .model import IMAGE_TOKEN
+# the conversations themselves are plain data (reverie/conversations.py); named here too, as before
+from ..conversations import (LLAVA, RATIONALE, RESPONSE, SHAREGPT, ChatFormat, Conversation, Turn,  # noqa: F401
+                             build_variant, chat_messages, conversations_for, to_llava_json)
+from ..vocab import IMAGE_TOKEN
 
 IGNORE = -100
-RESPONSE, RATIONALE = 1, 2
-
-
-@dataclass(frozen=True)
-class Turn:
-    user: str
-    assistant: str
-    target: int  # RESPONSE or RATIONALE
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: str
-    image: str  # path relative to the data root
-    turns: tuple[Turn, ...]
-    kind: str  # response | positive | negative | description | probe
-
-
-def conversations_for(record: dict, variant: str, prompts) -> list[Conversation]:
-    first = Turn(record["question"], record["correct_answer"], RESPONSE)
-    out = [Conversation(record["id"], record["image"], (first,), "response")]
-    rationales = VARIANT_RATIONALES[variant]
-    if "positive" in rationales:
-        out.append(Conversation(record["id"] + ":pos", record["image"],
-                                (first, Turn(prompts.positive, record["correct_rationale"], RATIONALE)), "positive"))
-    if "negative" in rationales:
-        negative = prompts.negative.format(confusing_answer=record["confusing_answer"])
-        out.append(Conversation(record["id"] + ":neg", record["image"],
-                                (first, Turn(negative, record["incorrect_rationale"], RATIONALE)), "negative"))
-    return out
-
-
-def build_variant(records: list[dict], variant: str, prompts) -> list[Conversation]:
-    if variant not in VARIANT_RATIONALES:
-        raise ValueError(f"unknown variant {variant!r}; expected response, pos, neg or pos_neg")
-    return [c for r in records for c in conversations_for(r, variant, prompts)]
-
-
-@dataclass(frozen=True)
-class ChatFormat:
-    """Where a conversation file keeps its messages, and how it names their roles."""
-    messages_key: str
-    role_key: str
-    text_key: str
-    user: str
-    assistant: str
-
-
-LLAVA = ChatFormat("conversations", "from", "value", "human", "gpt")
-SHAREGPT = ChatFormat("messages", "role", "content", "user", "assistant")
-
-
-def chat_messages(conversation: Conversation, fmt: ChatFormat) -> list[dict]:
-    """Alternating user/assistant messages in `fmt`, the image token opening the first user
-    message: the shape every conversation export shares."""
-    messages = []
-    for i, t in enumerate(conversation.turns):
-        messages.append({fmt.role_key: fmt.user, fmt.text_key: (f"{IMAGE_TOKEN}\n" if i == 0 else "") + t.user})
-        messages.append({fmt.role_key: fmt.assistant, fmt.text_key: t.assistant})
-    return messages
-
-
-def to_llava_json(conversations: list[Conversation]) -> list[dict]:
-    """LLaVA's conversation JSON (the format of llava_v1_5_mix665k.json)."""
-    return [{"id": c.id, "image": c.image, LLAVA.messages_key: chat_messages(c, LLAVA)} for c in conversations]
 
 
 @dataclass

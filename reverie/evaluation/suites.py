@@ -156,6 +156,9 @@ def reasoning(records: list[dict]) -> list[Item]:
 
 
 def build_all(train_scenes: list[Scene], eval_scenes: list[Scene], eval_records: list[dict], world, settings, seed: int) -> list[Item]:
+    """Every benchmark item on `eval_scenes`: POPE (its popular and adversarial objects counted
+    on `train_scenes`), MME, MMBench-style questions, short answers and the held-out REVERIE
+    records, all drawn with `seed` so that every student answers the same questions."""
     frequency, together = object_statistics(train_scenes)
     return (pope(eval_scenes, world.kinds, frequency, together, settings.pope_objects, seed)
             + mme(eval_scenes, world.kinds, world.colors, seed)
