@@ -8,14 +8,15 @@ from tests.conftest import merge, tiny_params_dict
 
 # A world small enough to learn in about a minute: four kinds on a 2 x 2 grid of 32-pixel
 # images (five image tokens), one to three objects. The student is the default's size.
-# Measured (2-core EPYC): 0.925 held-out, shuffled 0.47; 400 images with two probes each
-# stayed at 0.49, and the earlier base (descriptions first, a tower trained end to end) at 0.50.
+# Measured (2-core EPYC), base.seed 0 and 1: held-out 0.98 and 0.99, shuffled 0.54. Less
+# training is a coin flip again: 500 images for 3 epochs gave 0.93 with seed 0 and "no" to
+# everything with seed 1; the earlier base (descriptions first, tower trained end to end) 0.50.
 LEARNING = {
     "world": {"image_size": 32, "grid": 2, "kinds": ["circle", "square", "triangle", "star"],
               "colors": ["red", "green", "blue"], "min_objects": 1, "max_objects": 3,
-              "cooccurrence_pairs": [["circle", "square"]], "train_images": 500, "eval_images": 80},
+              "cooccurrence_pairs": [["circle", "square"]], "train_images": 600, "eval_images": 80},
     "generate": {"questions_per_image": 1, "noise_rate": 0.0},
-    "base": {"describe_epochs": 0, "epochs": 3, "batch_size": 32, "lr": 0.001, "vision_epochs": 8,
+    "base": {"describe_epochs": 0, "epochs": 4, "batch_size": 32, "lr": 0.001, "vision_epochs": 8,
              "check_images": 80, "describe_check_images": 0, "existence_probes_per_image": 4,
              "min_existence_accuracy": 0.0, "checkpoint_every": 10_000,
              "model": {"vision_hidden": 128, "text_hidden": 128, "intermediate": 256, "vision_layers": 2,
