@@ -47,7 +47,7 @@ def images(tmp_path) -> list[tuple[str, Path]]:
 
 def settings(model_path, **local) -> GenerateSettings:
     defaults = dict(model_path=str(model_path), batch_size=4, max_new_tokens=8, device="cpu")
-    return GenerateSettings(teacher="local", judge="local", questions_per_image=QUESTIONS,
+    return GenerateSettings(teacher="local", questions_per_image=QUESTIONS,
                             local=LocalTeacherSettings(**{**defaults, **local}))
 
 
