@@ -152,7 +152,7 @@ def test_rate_limits_alone_do_not_stop_the_run(tmp_path):
 @pytest.mark.parametrize("teacher_name", ["openai", "local"])
 def test_a_missing_or_empty_images_folder_names_its_params_key(tmp_path, teacher_name):
     data = tiny_params_dict(tmp_path)
-    data["generate"].update(teacher=teacher_name, judge=teacher_name)
+    data["generate"].update(teacher=teacher_name)
     data["generate"][teacher_name]["images_dir"] = str(tmp_path / "nowhere")
     with pytest.raises(ParamsError, match=rf"generate\.{teacher_name}\.images_dir: images folder .*nowhere does not exist"):
         generate_dataset(Params.model_validate(data), tmp_path / "data", progress=False)
