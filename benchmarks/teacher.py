@@ -176,7 +176,7 @@ def make_images(folder: Path, n: int) -> list[tuple[str, Path]]:
 
 
 def settings(port: int, concurrency: int) -> GenerateSettings:
-    return GenerateSettings(teacher="openai", judge="openai", questions_per_image=QUESTIONS, openai=OpenAITeacherSettings(
+    return GenerateSettings(teacher="openai", questions_per_image=QUESTIONS, openai=OpenAITeacherSettings(
         base_url=f"http://127.0.0.1:{port}/v1", qa_model=MODELS["qa"], rationale_model=MODELS["rationale"],
         judge_model=MODELS["judge"], concurrency=concurrency, timeout_s=30, max_retries=3))
 

@@ -55,7 +55,7 @@ def photos(folder: Path, n: int) -> Path:
 def params_dict(tmp: Path, **openai) -> dict:
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["project"]["mlflow_tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    data["generate"].update(teacher="openai", judge="openai", questions_per_image=QUESTIONS)
+    data["generate"].update(teacher="openai", questions_per_image=QUESTIONS)
     data["generate"]["openai"].update(qa_model=MODELS["qa"], rationale_model=MODELS["rationale"],
                                       judge_model=MODELS["judge"], api_key_env="REVERIE_BENCH_NO_KEY", **openai)
     return data
@@ -161,7 +161,7 @@ generate_with_openai(images, GenerateSettings.model_validate_json(sys.argv[1]), 
 
 
 def batch_settings(url: str) -> GenerateSettings:
-    return GenerateSettings(teacher="openai", judge="openai", questions_per_image=QUESTIONS, openai=OpenAITeacherSettings(
+    return GenerateSettings(teacher="openai", questions_per_image=QUESTIONS, openai=OpenAITeacherSettings(
         base_url=url, qa_model=MODELS["qa"], rationale_model=MODELS["rationale"], judge_model=MODELS["judge"],
         api_key_env="REVERIE_BENCH_NO_KEY", mode="batch", batch_poll_s=0.05, max_retries=2, backoff_base_s=0.05))
 

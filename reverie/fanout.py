@@ -2,7 +2,7 @@
 rendered and taught by a pure function that any process can run, and the shards' records
 merged back in image order.
 
-Records are seeded per (seed, image id) (`records_for_scene`), so the merged records are
+Records are seeded per (seed, image id) (`SceneGraphTeacher.records_for_scene`), so the merged records are
 the same, byte for byte once written, as one process's. The engine that runs the shards
 (Prefect's Dask task runner) is in flows/generate_fanout.py; nothing here imports it.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .generate import build_teacher, teach_scenes, world_scenes
-from .teachers.judge import SceneGraphJudge
 from .world import Scene, write_scene
 
 
@@ -45,8 +44,7 @@ def generate_shard(params_dump: dict, scene_jsons: list[dict], out_dir: str | No
     params = Params.model_validate(params_dump)
     scenes = [Scene.from_json(data) for data in scene_jsons]
     write_image = (lambda scene: write_scene(scene, Path(out_dir))) if out_dir is not None else None
-    return teach_scenes(scenes, build_teacher(params.world, params.generate), SceneGraphJudge(), params.generate,
-                        params.project.seed, write_image)
+    return teach_scenes(scenes, build_teacher(params.world, params.generate, params.project.seed), write_image)
 
 
 def merge_shards(results: list[tuple[int, list[dict]]]) -> list[dict]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +11,8 @@ from tqdm import tqdm
 
 from .io import write_json, write_jsonl
 from .settings import ParamsError
-from .records import filter_quality, make_record
-from .teachers.judge import SceneGraphJudge
+from .records import filter_quality
+from .teachers.protocol import Teacher
 from .teachers.scene_graph import SceneGraphTeacher
 from .world import Scene, image_relpath, partner_map, sample_world, write_scene
 
@@ -24,27 +23,10 @@ class GenerateResult:
     metrics: dict
 
 
-def build_teacher(world, generate) -> SceneGraphTeacher:
-    return SceneGraphTeacher(world.kinds, world.colors, partner_map(world), generate.template_version)
-
-
-def records_for_scene(scene: Scene, teacher, judge, generate, seed: int) -> list[dict]:
-    """All records of one image. Seeded by (seed, image id) alone, so any sharding of the
-    images gives the same records as one process."""
-    rng = random.Random(f"{seed}:{scene.image_id}")
-    records = []
-    for j, item in enumerate(teacher.collect_questions(scene, generate.questions_per_image, rng)):
-        teacher.write_rationales(item)
-        if rng.random() < generate.noise_rate:
-            teacher.inject_error(item, rng)
-        verdict = judge.judge(item.question, item.correct_answer, item.confusing_answer,
-                              item.correct_rationale, item.incorrect_rationale)
-        provenance = {"teacher": teacher.name, "judge": judge.name,
-                      "template_version": teacher.template_version, "split": scene.split,
-                      "seed": seed, "injected_error": item.injected_error}
-        records.append(make_record(f"{scene.image_id}-q{j}", image_relpath(scene), scene.split,
-                                   item, verdict, provenance))
-    return records
+def build_teacher(world, generate, seed: int) -> SceneGraphTeacher:
+    """The synthetic world's teacher (with its text-only judge), ready to `teach` scenes."""
+    return SceneGraphTeacher(world.kinds, world.colors, partner_map(world), generate.template_version,
+                             generate=generate, seed=seed)
 
 
 def generate_dataset(params, out_dir: str | Path, render_images: bool = True, progress: bool = True) -> GenerateResult:
@@ -64,25 +46,24 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
     if generate.annotations is not None:
         # real scene graphs and their photographs instead of the synthetic world
         from .annotations import read_annotations, save_png
-        from .teachers.annotated import AnnotatedSceneTeacher, CoLocatedJudge
+        from .teachers.annotated import AnnotatedSceneTeacher
 
         source = read_annotations(generate.annotations)
         scenes = source.scenes
-        teacher = AnnotatedSceneTeacher(source.kinds, source.colors, source.partners, generate.template_version)
-        judge = CoLocatedJudge()
+        teacher = AnnotatedSceneTeacher(source.kinds, source.colors, source.partners, generate.template_version,
+                                        generate=generate, seed=seed)
         source_metrics = {f"skipped_{reason}": n for reason, n in sorted(source.skipped.items())}
 
         def write_image(scene: Scene) -> None:
             save_png(source.paths[scene.image_id], out_dir / image_relpath(scene))
     else:
-        teacher = build_teacher(world, generate)
-        judge = SceneGraphJudge()
+        teacher = build_teacher(world, generate, seed)
         scenes = world_scenes(params)
 
         def write_image(scene: Scene) -> None:
             write_scene(scene, out_dir)
     started = time.perf_counter()
-    raw = teach_scenes(scenes, teacher, judge, generate, seed, write_image if render_images else None, progress)
+    raw = teach_scenes(scenes, teacher, write_image if render_images else None, progress)
     elapsed = time.perf_counter() - started
     return finish_dataset(scenes, raw, out_dir, elapsed, source_metrics, write_outputs=render_images)
 
@@ -93,15 +74,16 @@ def world_scenes(params) -> list[Scene]:
     return train + held_out
 
 
-def teach_scenes(scenes: list[Scene], teacher, judge, generate, seed: int,
+def teach_scenes(scenes: list[Scene], teacher: Teacher,
                  write_image: Callable[[Scene], None] | None = None, progress: bool = False) -> list[dict]:
     """Renders (with `write_image`) and teaches the scenes in order, in one process or in one
-    shard of the fan-out (reverie.fanout): the records of all of them, in scene order."""
+    shard of the fan-out (reverie.fanout): the records of all of them, in scene order. Each
+    scene's records depend on (seed, image id) alone, so any sharding gives the same ones."""
     raw: list[dict] = []
     for scene in tqdm(scenes, desc="generate", unit="img", disable=not progress, mininterval=1.0):
         if write_image is not None:
             write_image(scene)
-        raw.extend(records_for_scene(scene, teacher, judge, generate, seed))
+        raw.extend(teacher.teach([scene]).records)
     return raw
 
 
@@ -140,22 +122,22 @@ def finish_dataset(scenes: list[Scene], raw: list[dict], out_dir: str | Path, el
     return GenerateResult(raw, metrics)
 
 
-def model_teacher(name: str):
-    """The function that runs a model teacher over images: `(entries, generate, cache_path,
-    progress) -> (records, quarantined, usage)`. Imported on demand: each pulls in its own
-    stack (httpx, or torch and transformers)."""
+def model_teacher(generate) -> Teacher:
+    """The model teacher `generate.teacher` names, with the cache of its settings section.
+    Imported on demand: each pulls in its own stack (httpx, or torch and transformers)."""
+    name = generate.teacher
     if name == "openai":
-        from .teachers.openai_compat import generate_with_openai
-        return generate_with_openai
+        from .teachers.openai_compat import ChatTeacher
+        return ChatTeacher(generate, cache_path=generate.openai.cache_path)
     if name == "local":
-        from .teachers.local_vlm import generate_with_local
-        return generate_with_local
+        from .teachers.local_vlm import LocalTeacher
+        return LocalTeacher(generate, cache_path=generate.local.cache_path)
     raise ValueError(f"{name!r} is not a model teacher")
 
 
 def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool = True,
-                               progress: bool = True, teach=None) -> GenerateResult:
-    """The same outputs from a folder of real images and a model teacher (`teach`, by default
+                               progress: bool = True, teacher: Teacher | None = None) -> GenerateResult:
+    """The same outputs from a folder of real images and a model teacher (`teacher`, by default
     the one `generate.teacher` names, whose settings section gives the images folder, the
     eval fraction and the cache). The images are copied under `out_dir/images/<split>/`,
     where validate looks for them; there is no scene graph, so scenes.jsonl is written empty."""
@@ -165,13 +147,13 @@ def generate_from_image_folder(params, out_dir: str | Path, write_outputs: bool 
 
     name = params.generate.teacher
     out_dir, settings = Path(out_dir), getattr(params.generate, name)
-    teach = teach or model_teacher(name)
+    teacher = teacher or model_teacher(params.generate)
     try:
         entries = image_folder(settings.images_dir, settings.eval_fraction)
     except FileNotFoundError as exc:  # a missing or empty folder: say which setting points there
         raise ParamsError(f"generate.{name}.images_dir: {exc}") from None
     started = time.perf_counter()
-    raw, failed, usage = teach(entries, params.generate, settings.cache_path, progress)
+    raw, failed, usage = teacher.teach(entries, progress)
     elapsed = time.perf_counter() - started
     if write_outputs:
         for e in entries:

@@ -158,7 +158,6 @@ class AnnotationSettings(Section):
 
 class GenerateSettings(Section):
     teacher: Literal["scene_graph", "openai", "local", "reverie_json"] = "scene_graph"
-    judge: Literal["scene_graph", "openai", "local", "reverie_json"] = "scene_graph"
     questions_per_image: int = Field(4, ge=1, le=20)
     noise_rate: float = Field(0.05, ge=0, le=1)
     template_version: str = "sg-v1"
@@ -172,11 +171,7 @@ class GenerateSettings(Section):
     workers: int = Field(2, ge=1)
 
     @model_validator(mode="after")
-    def _judge_matches_teacher(self):
-        # the scene-graph judge reads only its own sentence grammar, and the OpenAI judge is
-        # wired into the OpenAI teacher's pipeline: mixing them would judge nothing useful
-        if self.teacher != self.judge:
-            raise ValueError(f"teacher is '{self.teacher}' but judge is '{self.judge}': set both to the same one")
+    def _teacher_sources_agree(self):
         if self.annotations is not None and self.teacher != "scene_graph":
             # the model teachers look at the pixels; only the scene-graph teacher reads annotations
             raise ValueError(f"annotations are read by the scene_graph teacher only, but teacher is '{self.teacher}'")
@@ -352,11 +347,17 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     data[keys[-1]] = value
 
 
+# keys that were settings once, and why they are gone: an old params.yaml is told what to do
+REMOVED_KEYS = {"generate.judge": "removed: each teacher brings its own judge; delete the line and keep generate.teacher"}
+
+
 def _describe(exc: ValidationError, path: Path) -> str:
     lines = [f"{path}: {exc.error_count()} problem(s) in the parameters"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in REMOVED_KEYS:
+            lines.append(f"  - unknown key '{key}' ({REMOVED_KEYS[key]})")
+        elif err["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{key}' (check its spelling; it is not a setting)")
         else:
             shown = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"

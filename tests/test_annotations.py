@@ -12,11 +12,10 @@ from PIL import Image
 
 from reverie.annotations import read_annotations, teacher_partners
 from reverie.evaluation.suites import object_statistics, pope
-from reverie.generate import records_for_scene
 from reverie.records import PUBLISHED_FIELDS, filter_quality
 from reverie.settings import AnnotationSettings, GenerateSettings
 from reverie.teachers.judge import SceneGraphJudge
-from reverie.teachers.annotated import AnnotatedSceneTeacher, CoLocatedJudge, contradiction
+from reverie.teachers.annotated import AnnotatedSceneTeacher, contradiction
 from reverie.world import Scene, SceneObject, position_name
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "traffic light"},
@@ -163,8 +162,9 @@ def test_partners_are_the_most_frequent_companions():
 # ---- the scene-graph teacher on annotated scenes ------------------------------------------------
 def teach(source, noise_rate: float, seed: int = 3) -> list[dict]:
     generate = GenerateSettings(questions_per_image=4, noise_rate=noise_rate)
-    teacher = AnnotatedSceneTeacher(source.kinds, source.colors, source.partners, generate.template_version)
-    return [r for s in source.scenes for r in records_for_scene(s, teacher, CoLocatedJudge(), generate, seed)]
+    teacher = AnnotatedSceneTeacher(source.kinds, source.colors, source.partners, generate.template_version,
+                                    generate=generate, seed=seed)
+    return teacher.teach(source.scenes).records
 
 
 def truth(scene: Scene, record: dict) -> str | None:

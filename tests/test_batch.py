@@ -41,7 +41,7 @@ def settings(base_url: str, mode: str = "batch", **openai) -> GenerateSettings:
                     judge_model=MODELS["judge"], api_key_env="REVERIE_TEST_NO_KEY", mode=mode, batch_poll_s=0.02,
                     timeout_s=5, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05,
                     price_per_1k_prompt=1.0, price_per_1k_completion=2.0)
-    return GenerateSettings(teacher="openai", judge="openai", questions_per_image=QUESTIONS,
+    return GenerateSettings(teacher="openai", questions_per_image=QUESTIONS,
                             openai=OpenAITeacherSettings(**{**defaults, **openai}))
 
 
@@ -192,7 +192,7 @@ def test_the_dry_run_counts_calls_tokens_and_price_without_asking(tmp_path):
 
 def test_generate_dry_run_prints_the_preview_and_writes_nothing(tmp_path):
     data = tiny_params_dict(tmp_path)
-    data["generate"].update(teacher="openai", judge="openai")
+    data["generate"].update(teacher="openai")
     data["generate"]["openai"].update(images_dir=str(write_photos(tmp_path / "photos", 2, (8, 8))[0][1].parent),
                                       base_url="http://127.0.0.1:9/v1", cache_path=str(tmp_path / "c.sqlite"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))

@@ -31,7 +31,7 @@ def test_shards_are_settings_and_only_for_the_synthetic_world():
 
     assert Params().generate.shards == 1 and Params().generate.workers == 2
     data = tiny_params_dict()
-    data["generate"].update(teacher="openai", judge="openai", shards=4)
+    data["generate"].update(teacher="openai", shards=4)
     with pytest.raises(Exception, match="shards > 1"):
         Params.model_validate(data)
     with pytest.raises(ParamsError, match="generate.shard"):

@@ -1,4 +1,4 @@
-"""The local teacher: a transformers model from a folder, batched, through the OpenAI teacher's
+"""The local teacher: a transformers model from a folder, batched, through the chat teacher's
 steps, parsers, quarantine and cache."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from reverie.io import model_fingerprint
 from reverie.records import PUBLISHED_FIELDS
 from reverie.settings import GenerateSettings, LocalTeacherSettings
-from reverie.teachers.local_vlm import LocalVLM, generate_with_local
+from reverie.teachers.local_vlm import LocalTeacher, LocalVLM, generate_with_local
 from reverie.teachers.openai_compat import PROMPTS, TeacherConfigError, image_data_url
 
 from .chat_server import judge_answer, qa_answer, rationale_answer
@@ -47,7 +47,7 @@ def images(tmp_path) -> list[tuple[str, Path]]:
 
 def settings(model_path, **local) -> GenerateSettings:
     defaults = dict(model_path=str(model_path), batch_size=4, max_new_tokens=8, device="cpu")
-    return GenerateSettings(teacher="local", judge="local", questions_per_image=QUESTIONS,
+    return GenerateSettings(teacher="local", questions_per_image=QUESTIONS,
                             local=LocalTeacherSettings(**{**defaults, **local}))
 
 
@@ -203,8 +203,7 @@ def test_the_cache_key_follows_the_model_files(tmp_path):
 
 
 def test_generate_writes_the_local_teachers_records(tmp_path, images, monkeypatch):
-    """The generate step with `teacher: local`: the image-folder outputs of the OpenAI teacher."""
-    from functools import partial
+    """The generate step with `teacher: local`: the image-folder outputs of the chat teacher."""
 
     import reverie.generate
     from reverie.generate import generate_from_image_folder
@@ -218,7 +217,7 @@ def test_generate_writes_the_local_teachers_records(tmp_path, images, monkeypatc
     data["generate"] = settings(model, images_dir=str(images[0][1].parent), eval_fraction=0.4,
                                 cache_path=str(tmp_path / "cache.sqlite")).model_dump()
     params = Params.model_validate(data)
-    logged = []  # MLflow itself is exercised by the OpenAI teacher's tests (and costs seconds)
+    logged = []  # MLflow itself is exercised by the chat teacher's tests (and costs seconds)
     monkeypatch.setattr(reverie.generate, "log_generation_run", lambda params, metrics: logged.append(metrics))
 
     class OneContradiction(ScriptedVLM):
@@ -238,8 +237,8 @@ def test_generate_writes_the_local_teachers_records(tmp_path, images, monkeypatc
             return answers
 
     judge = OneContradiction()
-    teach = partial(generate_with_local, generator=judge)
-    result = generate_from_image_folder(params, tmp_path / "data", progress=False, teach=teach)
+    teacher = LocalTeacher(params.generate, generator=judge)
+    result = generate_from_image_folder(params, tmp_path / "data", progress=False, teacher=teacher)
     assert logged == [result.metrics]
     assert len(result.raw) == 3 * QUESTIONS and result.metrics["teacher_calls"] == 3 * (1 + 2 * QUESTIONS + QUESTIONS)
     # the item the judge rejected is the one left out; the five others are kept

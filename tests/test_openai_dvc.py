@@ -18,7 +18,7 @@ def test_dvc_repro_with_the_openai_teacher(tmp_path, monkeypatch):
         Image.new("RGB", (32, 32), (16 * i, 255 - 16 * i, 90)).save(images / f"photo{i:02d}.png")
     server = ChatServer(expected_key=KEY).start()
     params = tiny_params_dict()
-    params["generate"].update(teacher="openai", judge="openai")
+    params["generate"].update(teacher="openai")
     params["generate"]["openai"] = {
         "base_url": server.base_url, "qa_model": MODELS["qa"], "rationale_model": MODELS["rationale"],
         "judge_model": MODELS["judge"], "api_key_env": "REVERIE_TEST_KEY", "images_dir": str(images),

@@ -44,7 +44,7 @@ def settings(base_url: str, **openai) -> GenerateSettings:
                     judge_model=MODELS["judge"], api_key_env=KEY_ENV, concurrency=4, timeout_s=5,
                     max_retries=3, backoff_base_s=0.02, backoff_max_s=0.2,
                     price_per_1k_prompt=0.5, price_per_1k_completion=1.5)
-    return GenerateSettings(teacher="openai", judge="openai", questions_per_image=3,
+    return GenerateSettings(teacher="openai", questions_per_image=3,
                             openai=OpenAITeacherSettings(**{**defaults, **openai}))
 
 

@@ -142,7 +142,7 @@ def test_the_published_instances_are_paired_back_into_records(tmp_path, root):
 
 def release_params(tmp_path: Path, path: Path, root: Path, **validate) -> dict:
     data = tiny_params_dict(tmp_path)
-    data["generate"].update(teacher="reverie_json", judge="reverie_json")
+    data["generate"].update(teacher="reverie_json")
     data["generate"]["reverie_json"] = {"path": str(path), "images_dir": str(root), "eval_fraction": 0.3}
     data["validate"].update(min_records=5, min_type_share=0.0, max_bad_row_fraction=0.0, **validate)
     return data

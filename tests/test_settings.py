@@ -50,3 +50,14 @@ def test_a_missing_or_broken_file_is_a_clear_error(tmp_path):
     (tmp_path / "bad.yaml").write_text("world: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "bad.yaml")
+
+
+def test_an_old_params_file_with_generate_judge_is_refused_by_name(tmp_path):
+    # generate.judge could only repeat generate.teacher; it is gone, and an old file says so
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["generate"]["judge"] = "scene_graph"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert "unknown key 'generate.judge'" in str(err.value) and "generate.teacher" in str(err.value)

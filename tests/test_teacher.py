@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from reverie.generate import build_teacher, records_for_scene
+from reverie.generate import build_teacher
 from reverie.settings import GenerateSettings, WorldSettings
 from reverie.teachers.judge import SceneGraphJudge
 from reverie.world import position_name, sample_world
@@ -72,10 +72,10 @@ def sentence_true(scene, sentence):
 def generated():
     world = WorldSettings(train_images=250, eval_images=10)
     clean = GenerateSettings(noise_rate=0.0, questions_per_image=6)
-    teacher = build_teacher(world, clean)
+    teacher = build_teacher(world, clean, 7)
     train, held_out = sample_world(world, seed=7)
     scenes = {s.image_id: s for s in train + held_out}
-    records = [r for s in scenes.values() for r in records_for_scene(s, teacher, SceneGraphJudge(), clean, 7)]
+    records = teacher.teach(list(scenes.values())).records
     return scenes, records
 
 
@@ -124,9 +124,9 @@ def test_confusing_answers_are_hard(generated):
 def test_judge_catches_injected_errors_and_passes_clean_items():
     world = WorldSettings(train_images=300, eval_images=10)
     noisy = GenerateSettings(noise_rate=0.3, questions_per_image=4)
-    teacher = build_teacher(world, noisy)
+    teacher = build_teacher(world, noisy, 11)
     train, _ = sample_world(world, seed=11)
-    records = [r for s in train for r in records_for_scene(s, teacher, SceneGraphJudge(), noisy, 11)]
+    records = teacher.teach(train).records
     injected = [r for r in records if r["provenance"]["injected_error"]]
     clean = [r for r in records if not r["provenance"]["injected_error"]]
     assert {r["provenance"]["injected_error"] for r in injected} == {"wrong_answer", "contradicting_rationale"}

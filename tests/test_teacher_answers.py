@@ -33,7 +33,7 @@ def settings(base_url: str, **openai) -> GenerateSettings:
     defaults = dict(base_url=base_url, qa_model=MODELS["qa"], rationale_model=MODELS["rationale"],
                     judge_model=MODELS["judge"], api_key_env="REVERIE_TEST_NO_KEY", concurrency=4, timeout_s=5,
                     max_retries=3, backoff_base_s=0.02, backoff_max_s=0.2)
-    return GenerateSettings(teacher="openai", judge="openai", questions_per_image=3,
+    return GenerateSettings(teacher="openai", questions_per_image=3,
                             openai=OpenAITeacherSettings(**{**defaults, **openai}))
 
 

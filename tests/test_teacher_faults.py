@@ -33,7 +33,7 @@ def teacher(base_url: str, **openai) -> dict:
 
 def params_for(tmp_path: Path, **openai) -> Params:
     data = tiny_params_dict(tmp_path)
-    data["generate"].update(teacher="openai", judge="openai", questions_per_image=3)
+    data["generate"].update(teacher="openai", questions_per_image=3)
     data["generate"]["openai"] = {**data["generate"]["openai"], **openai}
     return Params.model_validate(data)
 
@@ -93,7 +93,7 @@ def free_port() -> int:
 def test_a_dead_endpoint_stops_the_stage_within_seconds_naming_the_url_and_key(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     data = tiny_params_dict(tmp_path)
-    data["generate"].update(teacher="openai", judge="openai")
+    data["generate"].update(teacher="openai")
     # retries that would take minutes against a dead port if each call found out for itself
     data["generate"]["openai"] = {**data["generate"]["openai"], **teacher(url, max_retries=6, backoff_base_s=5.0),
                                   "images_dir": str(photos(tmp_path / "photos", 3))}
@@ -121,7 +121,7 @@ def test_an_endpoint_that_fails_most_early_calls_stops_the_run(tmp_path):
     srv = ChatServer().start()
     srv.add_faults("qa", *[Fault(status=400, body='{"error": {"message": "Invalid model for this API"}}')] * 200)
     try:
-        gen = GenerateSettings(teacher="openai", judge="openai", openai=OpenAITeacherSettings(
+        gen = GenerateSettings(teacher="openai", openai=OpenAITeacherSettings(
             **teacher(srv.base_url, fail_fast_calls=10, fail_fast_error_rate=0.5)))
         with pytest.raises(TeacherConfigError) as err:
             generate_with_openai(write_photos(tmp_path / "p", 30, (8, 8)), gen, tmp_path / "c.sqlite", progress=False)
@@ -139,7 +139,7 @@ def test_rate_limits_alone_do_not_stop_the_run(tmp_path):
     srv = ChatServer().start()
     srv.add_faults("qa", *[Fault(status=429, headers={"Retry-After": "0"})] * 8)
     try:
-        gen = GenerateSettings(teacher="openai", judge="openai", questions_per_image=2, openai=OpenAITeacherSettings(
+        gen = GenerateSettings(teacher="openai", questions_per_image=2, openai=OpenAITeacherSettings(
             **teacher(srv.base_url, fail_fast_calls=4, fail_fast_error_rate=0.25, max_retries=8)))
         records, quarantined, metrics = generate_with_openai(write_photos(tmp_path / "p", 3, (8, 8)), gen,
                                                              tmp_path / "c.sqlite", progress=False)
@@ -152,7 +152,7 @@ def test_rate_limits_alone_do_not_stop_the_run(tmp_path):
 @pytest.mark.parametrize("teacher_name", ["openai", "local"])
 def test_a_missing_or_empty_images_folder_names_its_params_key(tmp_path, teacher_name):
     data = tiny_params_dict(tmp_path)
-    data["generate"].update(teacher=teacher_name, judge=teacher_name)
+    data["generate"].update(teacher=teacher_name)
     data["generate"][teacher_name]["images_dir"] = str(tmp_path / "nowhere")
     with pytest.raises(ParamsError, match=rf"generate\.{teacher_name}\.images_dir: images folder .*nowhere does not exist"):
         generate_dataset(Params.model_validate(data), tmp_path / "data", progress=False)

@@ -30,11 +30,20 @@ UNKNOWN = "unknown"
 CELL_REFERENCE = {"attribute_multiple_choice": 0, "open_ended_describe": 0, "multi_step_short": 1}
 
 
+class CoLocatedJudge(SceneGraphJudge):
+    name = "scene_graph_text_judge_colocated"
+
+    def claims_problem(self, correct_rationale: str, incorrect_rationale: str) -> str | None:
+        # the answer checks are SceneGraphJudge's; only the reading of the claims differs
+        return contradiction(correct_rationale, incorrect_rationale)
+
+
 class AnnotatedSceneTeacher(SceneGraphTeacher):
     name = "scene_graph_annotations"
+    judge_class = CoLocatedJudge
 
-    def __init__(self, kinds, colors, partners, template_version):
-        super().__init__(kinds, colors, partners, template_version)
+    def __init__(self, kinds, colors, partners, template_version, **options):
+        super().__init__(kinds, colors, partners, template_version, **options)
         self.generators = [self._answerable(g) for g in self.generators]
 
     def _answerable(self, generator):
@@ -58,14 +67,6 @@ class AnnotatedSceneTeacher(SceneGraphTeacher):
             _, size, color, *kind = item.correct_answer.split()
             return f"a {'small' if size == 'large' else 'large'} {color} {' '.join(kind)}"
         return super()._another_answer(item, rng)
-
-
-class CoLocatedJudge(SceneGraphJudge):
-    name = "scene_graph_text_judge_colocated"
-
-    def claims_problem(self, correct_rationale: str, incorrect_rationale: str) -> str | None:
-        # the answer checks are SceneGraphJudge's; only the reading of the claims differs
-        return contradiction(correct_rationale, incorrect_rationale)
 
 
 def _claims(text: str) -> tuple[set[tuple[str, str, str, str]], set[str], dict[str, int]]:

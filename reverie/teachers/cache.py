@@ -10,7 +10,7 @@ parameters. Never a header: the API key cannot reach the file.
 A failure is never frozen. Every answer is stored with its status: `ok` when the teacher's
 parser could use it, `rejected` when not. Only `ok` answers are served as answers; a rejected
 one is replayed only as a step of a conversation that went on to a usable answer (the model
-was shown its mistake and corrected it, `OpenAITeacher.ask`), so that a rerun follows the same
+was shown its mistake and corrected it, `ChatSteps.ask`), so that a rerun follows the same
 path and gives the same records. A conversation that ended unusable is asked again, from its
 first question, on the next run. Each answer is committed as soon as it arrives, so a run
 killed with SIGKILL loses at most the calls that were in flight, and a rerun or a resume

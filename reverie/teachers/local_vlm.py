@@ -1,7 +1,7 @@
 """A teacher that is a local `transformers` image-text-to-text model (LLaVA, Qwen2-VL, ...),
 loaded from a folder and run in batches of greedy generation.
 
-It runs the very steps of the OpenAI-compatible teacher (`OpenAITeacher`: the prompt files,
+It runs the very steps of the OpenAI-compatible teacher (`ChatTeacher`, through their shared `ChatSteps`: the prompt files,
 the parsers, the one retry with the parse error, the quarantine), because only the transport
 differs: where that teacher sends each chat to a server, `BatchingClient` queues it, and a
 single worker turns whatever chats are waiting into one left-padded `generate` call. The
@@ -21,13 +21,13 @@ import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 
 from ..io import model_fingerprint
 from .cache import CachedCalls, CallCache
-from .openai_compat import OpenAITeacher, TeacherConfigError, TeacherError, content_parts, teach_images
+from .openai_compat import ChatSteps, StepModels, TeacherConfigError, TeacherError, content_parts, teach_images
 from .parsing import image_entries
+from .protocol import Taught
 
 SETTLE_ROUNDS = 3  # event-loop turns without a new request before a partial batch starts
 
@@ -251,47 +251,61 @@ class BatchingClient(CachedCalls):
         return [answer for chat in batch for answer in self._generate([chat], max_tokens)]
 
 
-class LocalTeacher(OpenAITeacher):
-    """The OpenAI teacher's steps over a `BatchingClient`. Those steps read the model names and
-    the token budget from `self.o`; here every step is the one local model."""
+def local_models(generate, model_name: str | None) -> StepModels:
+    """Every step is the one local model, with `generate.local`'s budget and re-asks."""
+    return StepModels(model_name, model_name, model_name, generate.local.max_new_tokens,
+                      generate.local.max_parse_retries)
+
+
+class LocalTeacher(ChatSteps):
+    """The chat teacher's steps answered by a local transformers model (`generate.local`)
+    through a `BatchingClient`. `generator` replaces the model (tests): a callable
+    `(chats, max_new_tokens) -> answers` with `model_name` and `model_key` attributes."""
 
     name = "local"
 
-    def __init__(self, generate, client: BatchingClient, model_name: str):
-        super().__init__(generate, client)
-        self.o = SimpleNamespace(qa_model=model_name, rationale_model=model_name, judge_model=model_name,
-                                 max_tokens=generate.local.max_new_tokens,
-                                 max_parse_retries=generate.local.max_parse_retries)
+    def __init__(self, generate, client=None, model_name: str | None = None, *,
+                 cache_path: str | Path | None = None, generator=None):
+        super().__init__(generate, client, local_models(generate, model_name))
+        self.cache_path, self.generator = cache_path, generator
+
+    def teach(self, images, progress: bool = False) -> Taught:
+        """Records for `images` (the `Teacher` interface); see `generate_with_local`."""
+        return asyncio.run(self.ateach(images, progress))
+
+    async def ateach(self, images, progress: bool = False) -> Taught:
+        """`teach` for callers that already run an event loop."""
+        entries = image_entries(images)
+        settings = self.g.local
+        generator = self.generator or LocalVLM(settings.model_path, settings.device)
+        self.o = local_models(self.g, generator.model_name)
+        started = time.perf_counter()
+        with CallCache(self.cache_path or settings.cache_path) as cache:
+            self.client = client = BatchingClient(generator, cache, generator.model_key, settings.batch_size)
+            worker = asyncio.create_task(client.serve())
+            try:
+                # enough images in flight that every batch fills, few enough to bound their data URLs
+                results = await teach_images(self, entries, max(4, 2 * settings.batch_size), progress)
+            finally:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+        records = [r for rs, _ in results for r in rs]
+        quarantined = [q for _, qs in results for q in qs]
+        metrics = {**asdict(client.usage), **getattr(generator, "tokens", {}), "quarantined": len(quarantined),
+                   "images": len(entries), "records": len(records), "seconds": time.perf_counter() - started}
+        return Taught(records, quarantined, metrics)
 
 
 async def agenerate_with_local(images, generate, cache_path: str | Path | None = None, progress: bool = True,
                                generator=None) -> tuple[list[dict], list[dict], dict]:
     """`generate_with_local` for callers that already run an event loop."""
-    entries = image_entries(images)
-    settings = generate.local
-    generator = generator or LocalVLM(settings.model_path, settings.device)
-    started = time.perf_counter()
-    with CallCache(cache_path or settings.cache_path) as cache:
-        client = BatchingClient(generator, cache, generator.model_key, settings.batch_size)
-        teacher = LocalTeacher(generate, client, generator.model_name)
-        worker = asyncio.create_task(client.serve())
-        try:
-            # enough images in flight that every batch fills, few enough to bound their data URLs
-            results = await teach_images(teacher, entries, max(4, 2 * settings.batch_size), progress)
-        finally:
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
-    records = [r for rs, _ in results for r in rs]
-    quarantined = [q for _, qs in results for q in qs]
-    metrics = {**asdict(client.usage), **getattr(generator, "tokens", {}), "quarantined": len(quarantined),
-               "images": len(entries), "records": len(records), "seconds": time.perf_counter() - started}
-    return records, quarantined, metrics
+    return tuple(await LocalTeacher(generate, cache_path=cache_path, generator=generator).ateach(images, progress))
 
 
 def generate_with_local(images, generate, cache_path: str | Path | None = None, progress: bool = True,
                         generator=None) -> tuple[list[dict], list[dict], dict]:
     """Records for `images` (ImageEntry objects or (image_id, path) pairs) from the local model
-    in `generate.local`, in the OpenAI teacher's format and order. Returns (records,
+    in `generate.local`, in the chat teacher's format and order. Returns (records,
     quarantined, metrics). `generator` replaces the model (tests): a callable
     `(chats, max_new_tokens) -> answers` with `model_name` and `model_key` attributes."""
-    return asyncio.run(agenerate_with_local(images, generate, cache_path, progress, generator))
+    return tuple(LocalTeacher(generate, cache_path=cache_path, generator=generator).teach(images, progress))

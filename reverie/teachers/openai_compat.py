@@ -50,6 +50,7 @@ from ..records import make_record
 from .cache import CachedCalls, CallCache
 from .judge import Verdict
 from .parsing import ParseError, image_entries, parse_judge, parse_questions, parse_rationale
+from .protocol import Taught
 from .scene_graph import QAItem
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -400,14 +401,27 @@ class AnswerRejected(ParseError):
         self.raw, self.attempts = raw, attempts
 
 
-class OpenAITeacher:
-    """The three steps for one image, each answer parsed, asked again when unusable, or
-    quarantined with its reason and raw text."""
+@dataclass(frozen=True)
+class StepModels:
+    """What the three steps ask: the model of each step, the answer budget, the re-asks."""
 
-    name = "openai"
+    qa_model: str
+    rationale_model: str
+    judge_model: str
+    max_tokens: int
+    max_parse_retries: int
 
-    def __init__(self, generate, client: ChatClient):
-        self.g, self.o, self.client = generate, generate.openai, client
+
+class ChatSteps:
+    """The three steps for one image over a chat client (`ChatClient`, `BatchClient`, or the
+    local `BatchingClient`), each answer parsed, asked again when unusable, or quarantined
+    with its reason and raw text. `ChatTeacher` and `LocalTeacher` open their client and run
+    these steps over every image."""
+
+    name: str
+
+    def __init__(self, generate, client, models: StepModels | None):
+        self.g, self.o, self.client = generate, models, client
         self.prompts = load_prompts()
         self.versions = prompt_versions()
         self.digest = prompts_digest()
@@ -538,36 +552,55 @@ async def teach_images(teacher, entries, in_flight: int, progress: bool) -> list
         bar.close()
 
 
+class ChatTeacher(ChatSteps):
+    """The generic chat-model teacher: the three steps asked of any OpenAI-compatible
+    chat-completions endpoint (`generate.openai`), live or through its batch API."""
+
+    name = "openai"
+
+    def __init__(self, generate, client=None, *, cache_path: str | Path | None = None):
+        o = generate.openai
+        super().__init__(generate, client, StepModels(o.qa_model, o.rationale_model, o.judge_model,
+                                                      o.max_tokens, o.max_parse_retries))
+        self.cache_path = cache_path
+
+    def teach(self, images, progress: bool = False) -> Taught:
+        """Records for `images` (the `Teacher` interface); see `generate_with_openai`."""
+        return asyncio.run(self.ateach(images, progress))
+
+    async def ateach(self, images, progress: bool = False) -> Taught:
+        """`teach` for callers that already run an event loop."""
+        entries = image_entries(images)
+        settings = self.g.openai
+        started = time.perf_counter()
+        usage = Usage()
+        with CallCache(self.cache_path or settings.cache_path) as cache:
+            async with open_lanes(settings) as lanes:
+                endpoint = Endpoint(settings, lanes, usage)
+                if settings.mode == "batch":
+                    from .batch import BatchClient
+
+                    self.client = client = BatchClient(settings, cache, endpoint)
+                    async with client.running():
+                        # every image of a batch at once: it holds what all of them ask at each step
+                        in_flight = max(1, min(len(entries), settings.batch_max_requests))
+                        results = await teach_images(self, entries, in_flight, progress)
+                else:
+                    self.client = client = ChatClient(settings, cache, endpoint)
+                    # bounds the images in progress (and their base64 copies in memory) while keeping
+                    # enough work queued to fill every request slot
+                    results = await teach_images(self, entries, 2 * settings.concurrency, progress)
+        records = [r for rs, _ in results for r in rs]
+        quarantined = [q for _, qs in results for q in qs]
+        metrics = {**asdict(usage), **getattr(client, "batch_usage", {}), "quarantined": len(quarantined),
+                   "images": len(entries), "records": len(records), "seconds": time.perf_counter() - started}
+        return Taught(records, quarantined, metrics)
+
+
 async def agenerate_with_openai(images, generate, cache_path: str | Path | None = None,
                                 progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """`generate_with_openai` for callers that already run an event loop."""
-    entries = image_entries(images)
-    settings = generate.openai
-    started = time.perf_counter()
-    usage = Usage()
-    with CallCache(cache_path or settings.cache_path) as cache:
-        async with open_lanes(settings) as lanes:
-            endpoint = Endpoint(settings, lanes, usage)
-            if settings.mode == "batch":
-                from .batch import BatchClient
-
-                client = BatchClient(settings, cache, endpoint)
-                teacher = OpenAITeacher(generate, client)
-                async with client.running():
-                    # every image of a batch at once: it holds what all of them ask at each step
-                    in_flight = max(1, min(len(entries), settings.batch_max_requests))
-                    results = await teach_images(teacher, entries, in_flight, progress)
-            else:
-                client = ChatClient(settings, cache, endpoint)
-                teacher = OpenAITeacher(generate, client)
-                # bounds the images in progress (and their base64 copies in memory) while keeping
-                # enough work queued to fill every request slot
-                results = await teach_images(teacher, entries, 2 * settings.concurrency, progress)
-    records = [r for rs, _ in results for r in rs]
-    quarantined = [q for _, qs in results for q in qs]
-    metrics = {**asdict(usage), **getattr(client, "batch_usage", {}), "quarantined": len(quarantined),
-               "images": len(entries), "records": len(records), "seconds": time.perf_counter() - started}
-    return records, quarantined, metrics
+    return tuple(await ChatTeacher(generate, cache_path=cache_path).ateach(images, progress))
 
 
 def generate_with_openai(images, generate, cache_path: str | Path | None = None,
@@ -577,4 +610,4 @@ def generate_with_openai(images, generate, cache_path: str | Path | None = None,
     records in `records.make_record`'s format (judge-rejected ones included, marked by their
     verdict), calls that failed for good with their reason, and usage (calls, cache_hits,
     tokens, estimated cost). `generate` is the `generate` section of the params."""
-    return asyncio.run(agenerate_with_openai(images, generate, cache_path, progress))
+    return tuple(ChatTeacher(generate, cache_path=cache_path).teach(images, progress))

@@ -118,13 +118,13 @@ def preview(teacher, client: PreviewClient, entries, questions_per_image: int, m
 
 def preview_openai(generate, entries, cache_path: str | None = None) -> dict:
     """The preview of `generate.openai` over `entries` (ImageEntry objects)."""
-    from .openai_compat import OpenAITeacher
+    from .openai_compat import ChatTeacher
 
     s = generate.openai
     with CallCache(cache_path or s.cache_path) as cache:
         client = PreviewClient(cache, {"endpoint": s.base_url.rstrip("/")},
                                lambda n: {"temperature": s.temperature, "max_tokens": n})
-        teacher = OpenAITeacher(generate, client)
+        teacher = ChatTeacher(generate, client)
         factor = s.batch_price_factor if s.mode == "batch" else 1.0
         out = preview(teacher, client, entries, generate.questions_per_image, s.max_tokens,
                       s.price_per_1k_prompt, s.price_per_1k_completion, factor)

@@ -17,8 +17,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..records import make_record
 from ..vocab import LETTER, SHORT
-from ..world import Scene, SceneObject, confusing_count, count_question_kind, position_name
+from ..world import Scene, SceneObject, confusing_count, count_question_kind, image_relpath, position_name
+from .judge import SceneGraphJudge
+from .protocol import Taught
 
 LETTERS = "ABCD"
 
@@ -69,15 +72,21 @@ def describe(obj: SceneObject) -> str:
 
 
 class SceneGraphTeacher:
-    """Writes questions, answers and rationales that are true of a scene graph."""
+    """Writes questions, answers and rationales that are true of a scene graph. `teach` (the
+    `Teacher` interface) runs the item steps and `judge` over whole scenes; it needs the
+    `generate` settings (questions per image, noise rate) and the seed."""
 
     name = "scene_graph"
+    judge_class = SceneGraphJudge
 
-    def __init__(self, kinds: list[str], colors: list[str], partners: dict[str, str], template_version: str):
+    def __init__(self, kinds: list[str], colors: list[str], partners: dict[str, str], template_version: str,
+                 *, generate=None, seed: int = 0, judge=None):
         self.kinds = list(kinds)
         self.colors = list(colors)
         self.partners = partners
         self.template_version = template_version
+        self.generate, self.seed = generate, seed
+        self.judge = judge if judge is not None else self.judge_class()
         self.generators = [
             self.existence_yes_no,
             self.counting_short,
@@ -90,6 +99,31 @@ class SceneGraphTeacher:
             self.spatial_short,
             self.comparison_multiple_choice,
         ]
+
+    def teach(self, images, progress: bool = False) -> Taught:
+        """The records of `images` (scenes), scene by scene (the `Teacher` interface)."""
+        return Taught([r for scene in images for r in self.records_for_scene(scene)], [], {})
+
+    def records_for_scene(self, scene: Scene) -> list[dict]:
+        """All records of one image. Seeded by (seed, image id) alone, so any sharding of the
+        images gives the same records as one process."""
+        if self.generate is None:
+            raise ValueError("this teacher was built without the generate settings it needs to teach")
+        generate, seed = self.generate, self.seed
+        rng = random.Random(f"{seed}:{scene.image_id}")
+        records = []
+        for j, item in enumerate(self.collect_questions(scene, generate.questions_per_image, rng)):
+            self.write_rationales(item)
+            if rng.random() < generate.noise_rate:
+                self.inject_error(item, rng)
+            verdict = self.judge.judge(item.question, item.correct_answer, item.confusing_answer,
+                                       item.correct_rationale, item.incorrect_rationale)
+            provenance = {"teacher": self.name, "judge": self.judge.name,
+                          "template_version": self.template_version, "split": scene.split,
+                          "seed": seed, "injected_error": item.injected_error}
+            records.append(make_record(f"{scene.image_id}-q{j}", image_relpath(scene), scene.split,
+                                       item, verdict, provenance))
+        return records
 
     # ---- (a) QA collection -------------------------------------------------------------
     def collect_questions(self, scene: Scene, n: int, rng: random.Random) -> list[QAItem]:
