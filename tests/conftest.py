@@ -124,3 +124,16 @@ def repro_project(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("project"), tiny_params_dict())
     first = dvc(project, "repro", env={"REVERIE_RECORD_READS": str(project / PARAMS_READS)})
     return project, first
+
+
+@pytest.fixture
+def server():
+    """The loopback OpenAI-compatible server (tests/chat_server.py), answering fast; a test file
+    with a server of its own (test_batch.py) overrides it."""
+    from tests.chat_server import ChatServer
+
+    srv = ChatServer(latency_s=0.01).start()
+    yield srv
+    srv.release()
+    srv.shutdown()
+    srv.server_close()

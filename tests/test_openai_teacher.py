@@ -26,15 +26,6 @@ SECRET = "sk-test-0123456789-do-not-leak"
 
 
 @pytest.fixture
-def server():
-    srv = ChatServer(latency_s=0.01).start()
-    yield srv
-    srv.release()
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
 def images(tmp_path) -> list[tuple[str, Path]]:
     return write_photos(tmp_path / "photos", 4, (8, 8))
 

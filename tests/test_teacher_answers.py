@@ -20,15 +20,6 @@ from .chat_server import MODELS, ChatServer, Fault
 from .conftest import write_photos
 
 
-@pytest.fixture
-def server():
-    srv = ChatServer(latency_s=0.01).start()
-    yield srv
-    srv.release()
-    srv.shutdown()
-    srv.server_close()
-
-
 def settings(base_url: str, **openai) -> GenerateSettings:
     defaults = dict(base_url=base_url, qa_model=MODELS["qa"], rationale_model=MODELS["rationale"],
                     judge_model=MODELS["judge"], api_key_env="REVERIE_TEST_NO_KEY", concurrency=4, timeout_s=5,
