@@ -257,7 +257,7 @@ def _pope_detail(result: dict) -> list[str]:
             unparseable = (result.get("unparseable", {}).get(variant) or {}).get(f"pope.{split}")
             lines.append(f"| {variant} | {split} | {row[f'pope.{split}.f1']['mean']:.3f} | "
                          f"{row[f'pope.{split}.accuracy']['mean']:.3f} | {row[f'pope.{split}.yes_ratio']['mean']:.3f} | "
-                         f"{'' if unparseable is None else f'{unparseable:g}'} |")
+                         f"{'' if unparseable is None else f'{unparseable:.1f}'} |")
     for name, label in REFERENCES:
         ref = (result.get("reference") or {}).get(name) or {}
         for split in POPE_SPLITS:
