@@ -362,3 +362,42 @@ def test_the_report_shows_the_real_benchmarks_and_keeps_the_synthetic_layout(tmp
     assert "MME perception (max 2000)" in text and "ScienceQA-IMG" in text and "MME-4" not in text
     assert "## Real benchmarks in detail" in text and "mmbench.category.image_topic.circular_accuracy" in text
     assert result["variants"]["pos_neg"]["mme.perception.score"]["diff_mean"] == pytest.approx(40.0)
+
+
+def test_evaluate_logs_every_real_benchmarks_metrics_into_the_mlflow_run(tmp_path, monkeypatch):
+    """evaluate_student with the model stubbed: each real suite answered with its own budget,
+    predictions and LLaVA answer files written, and every metric in the student's MLflow run."""
+    import mlflow
+
+    import reverie.evaluation.run as run
+    import reverie.student.model as student_model
+    from reverie.tracking import project_run
+
+    write_all(tmp_path)
+    params = Params.model_validate({**suites_params(tmp_path).model_dump(by_alias=True),
+                                    "project": {"mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    logger = project_run(params, "pos-s0", {"variant": "pos", "seed": "0"})
+    run_id = logger.run_id
+    logger.end()
+    budgets = []
+
+    def fake_answer(model, processor, items, root, batch_size, max_new_tokens, progress=True):
+        budgets.append((items[0].benchmark, max_new_tokens))
+        return [it.row(it.label.capitalize() or "A") for it in items], 1.0
+
+    monkeypatch.setattr(run, "benchmark_items", lambda *a: ([], []))
+    monkeypatch.setattr(run, "answer_items", fake_answer)
+    monkeypatch.setattr(student_model, "load_tuned", lambda d: (None, None, {"run_id": run_id, "variant": "pos", "seed": 0}))
+    monkeypatch.setattr(run, "real_items", lambda suites: real_items(suites, tmp_path / "cache"))
+    metrics = run.evaluate_student(params, tmp_path / "models" / "pos-s0", tmp_path, tmp_path,
+                                   tmp_path / "pred.jsonl", tmp_path / "llava", progress=False)
+    assert budgets == [("pope", 128), ("mme", 128), ("mmbench", 1024), ("scienceqa", 1024)]
+    assert metrics["pope.random.f1"] == 1.0 and metrics["mme.perception.score"] == 400.0
+    assert metrics["mme.cognition.score"] == 200.0 and metrics["mmbench.circular_accuracy"] == 1.0
+    assert metrics["scienceqa.accuracy"] == 1.0
+    logged = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).data.metrics
+    for key in ("pope.adversarial.f1", "mme.perception.score", "mme.cognition.score", "mmbench.circular_accuracy",
+                "mmbench.l2_category.Coarse Perception.circular_accuracy", "scienceqa.accuracy",
+                "eval.mme.artwork.acc_plus", "eval.mmbench.category.image_topic.circular_accuracy"):
+        assert key in logged, key
+    assert (tmp_path / "llava" / "mmbench_submission.tsv").exists()
