@@ -6,7 +6,8 @@ import argparse
 COLUMNS = ["tags.variant", "tags.seed", "metrics.final.train_loss", "metrics.final.response_loss",
            "metrics.final.rationale_loss", "metrics.final.tokens_per_s", "metrics.pope.random.f1",
            "metrics.pope.popular.f1", "metrics.pope.adversarial.f1", "metrics.mme.score",
-           "metrics.mmbench.circular_accuracy", "metrics.short_answer.accuracy"]
+           "metrics.mme.perception.score", "metrics.mme.cognition.score",  # the real MME's, apart
+           "metrics.mmbench.circular_accuracy", "metrics.scienceqa.accuracy", "metrics.short_answer.accuracy"]
 
 
 def comparison(uri: str, experiment: str):

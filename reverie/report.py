@@ -26,10 +26,16 @@ COLUMNS = [
     ("pope.adversarial.f1", "POPE adv F1"),
     ("pope.mean_f1", "POPE mean F1"),
     ("mme.score", "MME-4 (max 800)"),
+    ("mme.perception.score", "MME perception (max 2000)"),
+    ("mme.cognition.score", "MME cognition (max 800)"),
     ("mmbench.circular_accuracy", "MMBench circ"),
+    ("scienceqa.accuracy", "ScienceQA-IMG"),
     ("short_answer.accuracy", "Short ans"),
     ("reasoning.accuracy", "Reasoning"),
 ]
+MME_MAX = {"mme.score": 800, "mme.perception.score": 2000, "mme.cognition.score": 800}
+# the real benchmarks' breakdowns (per MME subtask, per MMBench category and l2-category)
+DETAIL_PREFIXES = ("mme.", "mmbench.category.", "mmbench.l2_category.")
 POPE_DETAIL = [f"pope.{split}.{what}" for split in POPE_SPLITS for what in ("accuracy", "yes_ratio")]
 REFERENCES = (("always_yes", "always yes"), ("blind_prior", "blind prior"))
 MME_NOTE = ("MME-4 sums four subtasks of 200 points (accuracy + accuracy+, in %): existence is asked the way "
@@ -134,7 +140,8 @@ def _against_baseline(key: str, seeds: dict[int, dict], base: dict[int, dict], w
     diffs = [seeds[s][key] - base[s][key] for s in paired]
     out = {"diff_per_seed": {str(s): d for s, d in zip(paired, diffs)}, "diff_mean": statistics.fmean(diffs),
            "diff_ci95": t_interval(diffs), "p_value": _p_value_over_seeds(diffs)}
-    if weights is not None:
+    if weights is not None and key in METRICS and all(key in seeds[s].get("components", {}) and
+                                                      key in base[s].get("components", {}) for s in paired):
         value = METRICS[key].value
         resampled_diffs = np.mean([resampled(value, seeds[s]["components"][key], weights)
                                    - resampled(value, base[s]["components"][key], weights) for s in paired], axis=0)
@@ -234,8 +241,9 @@ def markdown(result: dict) -> str:
         if ref:
             lines.append(f"| *{label}* | – | " + " | ".join(_fmt(k, ref.get(k)) for k, _ in cols) + " |")
     lines += ["", "*always yes* answers \"yes\" to everything; *blind prior* never sees an eval image and gives the "
-              "answer each question most often has on the train scenes. " + MME_NOTE, ""]
+              "answer each question most often has on the train scenes. " + (MME_NOTE if any(k == "mme.score" for k, _ in cols) else ""), ""]
     lines += _pope_detail(result)
+    lines += _real_detail(result)
     lines += _differences(result, cols)
     env = result.get("environment")
     if env:
@@ -268,6 +276,37 @@ def _pope_detail(result: dict) -> list[str]:
         lines += ["", f"Standard error of a run's POPE F1 (bootstrap over {result.get('eval_images')} eval images, "
                   "median over runs): " + ", ".join(f"{s} {v:.4f}" for s, v in se.items()) + "."]
     return lines + [""]
+
+
+def _real_detail(result: dict) -> list[str]:
+    """The real benchmarks' breakdowns, mean over seeds: MME per subtask, MMBench per category
+    and l2-category. Nothing for the synthetic suites (their MME subtasks are in the table)."""
+    detail = result.get("detail") or {}
+    keys = sorted({k for row in detail.values() for k in row})
+    if not keys:
+        return []
+    variants = list(detail)
+    lines = ["## Real benchmarks in detail (mean over seeds)", "",
+             "| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(_fmt(key, detail[v].get(key)) for v in variants) + " |")
+    return lines + [""]
+
+
+def _details(runs: dict[str, dict[int, dict]]) -> dict:
+    """Per variant, the mean over seeds of each breakdown metric of a real benchmark."""
+    out = {}
+    for variant, seeds in runs.items():
+        values: dict[str, list[float]] = {}
+        for m in seeds.values():
+            if "mme.perception.score" not in m and "mme.cognition.score" not in m and \
+                    not any(k.startswith("mmbench.category.") for k in m):
+                continue
+            for key, value in m.items():
+                if key.startswith(DETAIL_PREFIXES) and isinstance(value, (int, float)):
+                    values.setdefault(key, []).append(value)
+        out[variant] = {k: statistics.fmean(v) for k, v in values.items()}
+    return out if any(out.values()) else {}
 
 
 def _differences(result: dict, cols: list[tuple[str, str]]) -> list[str]:
@@ -326,7 +365,7 @@ def bar_charts(result: dict, path: str | Path) -> None:
                 ax.axhline(references[name][key], color="#c0392b", linestyle=style, lw=1, label=ref_label)
         ax.set_xticks(range(len(variants)), variants, rotation=30)
         ax.set_title(label, fontsize=9)
-        ax.set_ylim(0, 800 if key == "mme.score" else 1.0)  # from zero: chance is part of the picture
+        ax.set_ylim(0, MME_MAX.get(key, 1.0))  # from zero: chance is part of the picture
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=7)
@@ -390,7 +429,7 @@ def _unparseable(runs: dict[str, dict[int, dict]]) -> dict:
             for split in POPE_SPLITS:
                 if split in scores.get("pope", {}):
                     counts.setdefault(f"pope.{split}", []).append(scores["pope"][split].get("unparseable", 0))
-            for name in ("mme", "mmbench"):
+            for name in ("mme", "mmbench", "scienceqa"):
                 if "unparseable" in scores.get(name, {}) or name == "mme" and name in scores:
                     value = scores[name].get("unparseable")
                     if value is None:  # MME counts them per subtask
@@ -413,6 +452,9 @@ def write_report(eval_dir, tune_dir, loss_dir, out_dir, settings, predictions_di
     result["base_check"] = {k: v for k, v in (base_check or {}).items()
                             if k.startswith(("heldout_", "shuffled_", "description_", "passed", "failure"))} or None
     result["unparseable"] = _unparseable(runs)
+    detail = _details(runs)
+    if detail:  # only with real benchmarks: the synthetic report stays as it was
+        result["detail"] = detail
     result["environment"] = _environment(runs)
     reason = verdict(result, result["base_check"], settings.min_baseline_pope_accuracy, tuple(settings.baseline_yes_ratio))
     result["void"], result["void_reason"] = reason is not None, reason

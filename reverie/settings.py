@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .vocab import VARIANTS
+from .vocab import LETTER, SHORT, VARIANTS
 
 Variant = Literal[VARIANTS]  # reverie/vocab.py lists them
 
@@ -271,12 +271,92 @@ class TuneSettings(Section):
     quick_eval_images: int = Field(100, ge=0)
 
 
+def _relative_inside(path: str) -> str:
+    """A benchmark file's path under `evaluate.suites.root`: relative and not leaving it, so that
+    the root, which dvc.yaml declares as the evaluate stage's dependency, holds every file read."""
+    parts = Path(path).parts
+    if not path or Path(path).is_absolute() or ".." in parts:
+        raise ValueError(f"{path!r} must be a path relative to evaluate.suites.root, without '..'")
+    return path
+
+
+class SuiteSettings(Section):
+    """One real benchmark: the instruction appended to each question and the generation budget,
+    both as LLaVA-1.5's eval scripts use them (scripts/v1_5/eval/*.sh)."""
+
+    prompt: str = SHORT
+    max_new_tokens: int = Field(128, ge=1)
+
+
+class PopeSuite(SuiteSettings):
+    # POPE's own files, one per split (coco_pope_<split>.json: question_id, image, text, label)
+    labels: dict[Literal["random", "popular", "adversarial"], str]
+    images: str                         # the image folder (COCO val2014)
+    questions: str | None = None        # LLaVA's llava_pope_test.jsonl (with `category`); labels then come from `labels`
+
+    @field_validator("labels")
+    @classmethod
+    def _some_split(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("name at least one split's file")
+        return {k: _relative_inside(p) for k, p in v.items()}
+
+    @field_validator("images", "questions")
+    @classmethod
+    def _inside(cls, v: str | None) -> str | None:
+        return None if v is None else _relative_inside(v)
+
+
+class MMESuite(SuiteSettings):
+    folder: str                         # MME_Benchmark_release_version: one folder per subtask
+
+    @field_validator("folder")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        return _relative_inside(v)
+
+
+class MMBenchSuite(SuiteSettings):
+    tsv: str                            # the official tsv (e.g. mmbench_dev_20230712.tsv, MMBench_DEV_EN.tsv)
+    prompt: str = LETTER
+    max_new_tokens: int = Field(1024, ge=1)
+
+    @field_validator("tsv")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        return _relative_inside(v)
+
+
+class ScienceQASuite(SuiteSettings):
+    questions: str                      # LLaVA's llava_test_CQM-A.json (or ScienceQA's problems.json)
+    images: str                         # LLaVA's images/test (for problems.json: the images root holding test/)
+    prompt: str = LETTER
+    max_new_tokens: int = Field(1024, ge=1)
+
+    @field_validator("questions", "images")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        return _relative_inside(v)
+
+
+class SuitesSettings(Section):
+    """The real benchmark files. A suite named here replaces the synthetic benchmark of the same
+    name (ScienceQA has none and is added); with none named the synthetic suites run alone."""
+
+    root: str = "eval_data"             # every path below is relative to it; dvc.yaml declares it a dep
+    pope: PopeSuite | None = None
+    mme: MMESuite | None = None
+    mmbench: MMBenchSuite | None = None
+    scienceqa: ScienceQASuite | None = None
+
+
 class EvaluateSettings(Section):
     batch_size: int = Field(64, ge=1)
-    max_new_tokens: int = Field(8, ge=1)
+    max_new_tokens: int = Field(8, ge=1)  # the synthetic suites'; real suites have their own
     pope_objects: int = Field(3, ge=1)
     eval_images: int | None = Field(None, ge=1)
     mmbench_questions_per_image: int = Field(1, ge=0)
+    suites: SuitesSettings = SuitesSettings()
 
 
 class ReportSettings(Section):

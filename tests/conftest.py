@@ -84,6 +84,9 @@ def make_project(dest: Path, params: dict) -> Path:
         shutil.copy(ROOT / name, dest / name)
     for name in ("stages", "flows"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # evaluate's dependency on the real benchmark files (evaluate.suites.root): its README alone
+    (dest / "eval_data").mkdir()
+    shutil.copy(ROOT / "eval_data" / "README.md", dest / "eval_data" / "README.md")
     # the library is imported from the installed package; dvc.yaml names its files as deps
     shutil.copytree(ROOT / "reverie", dest / "reverie", ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -35,7 +35,8 @@ def test_the_recorder_names_every_setting_read():
     params.world.kinds, params.validate_.min_records, params.tune.lora.r
     params.evaluate.model_dump(exclude={"batch_size"})
     assert params.reads == {"world.kinds", "validate.min_records", "tune.lora.r", "evaluate.max_new_tokens",
-                            "evaluate.pope_objects", "evaluate.eval_images", "evaluate.mmbench_questions_per_image"}
+                            "evaluate.pope_objects", "evaluate.eval_images", "evaluate.mmbench_questions_per_image",
+                            "evaluate.suites"}
     assert gaps(["world", "tune.lora"], {"world.kinds", "tune.lora.r"}) == ([], [])
     assert gaps(["world.kinds", "tune.seeds"], {"world.colors", "world.kinds"}) == (["world.colors"], ["tune.seeds"])
 

@@ -237,7 +237,7 @@ def test_score_predictions_routes_each_benchmark_to_its_scorer():
     scores = score_predictions(rows)
     assert sorted(scores) == ["pope", "scienceqa", "short_answer"]
     assert scores["pope"]["random"]["accuracy"] == 1.0 and scores["pope"]["mean_f1"] == 1.0
-    assert scores["short_answer"]["accuracy"] == 0.0 and scores["scienceqa"]["vanilla_accuracy"] == 1.0
+    assert scores["short_answer"]["accuracy"] == 0.0 and scores["scienceqa"]["accuracy"] == 1.0
 
 
 def test_rescore_cli_reads_saved_predictions_and_writes_hand_computed_scores(tmp_path, capsys):

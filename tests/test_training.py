@@ -274,3 +274,27 @@ def test_batched_greedy_answers_equal_batch_size_one(tiny):
     # a coin 22 or more once in 56,000 tries; this model, trained as above, gets all 24
     right = sum(a == ("red" if int(q.qid[1:]) % 2 else "blue") for q, a in zip(questions, one))
     assert right >= 22, one
+
+
+def test_generation_stops_at_eos_so_a_large_budget_costs_nothing(tiny):
+    """The real suites allow 128 or 1024 new tokens (LLaVA's budgets); a batch ends when every
+    answer has ended, so a student that answers in one word decodes a few tokens, not 1024."""
+    from reverie.evaluation.decode import Answerer, Question
+
+    model, processor, samples, images, root = tiny
+    train(model, samples, images, TrainConfig(epochs=4, batch_size=8, lr=5e-3, seed=0), processor.tokenizer.pad_token_id,
+          progress=False)
+    questions = [Question(f"q{i}", f"img/{i}.png", "What color is the image?") for i in range(8)]
+    steps = []
+    generate = model.generate
+
+    def counting(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        steps.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    model.generate = counting
+    short = Answerer(model, processor, root, max_new_tokens=6).answer(questions, batch_size=8, progress=False)
+    long = Answerer(model, processor, root, max_new_tokens=1024).answer(questions, batch_size=8, progress=False)
+    assert short == long
+    assert steps[1] <= 6, steps  # the answer and its end, then the batch stops

@@ -69,12 +69,16 @@ def mme_label(answer: str) -> str:
 
 
 def score_mme(rows: list[dict]) -> dict:
-    """rows: {subtask, image, label, answer}; two questions per image and subtask."""
+    """rows: {subtask, image, label, answer}; two questions per image and subtask. Per subtask,
+    as MME's calculation.py: acc and acc+ (images with both answers right), score = 100 * (acc +
+    acc+). Rows from the real MME carry `group`: the perception subtasks (max 2000) and the
+    cognition ones (max 800) are then summed apart and never together."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_task[r["subtask"]].append(r)
     out: dict = {}
     total = 0.0
+    groups: dict[str, float] = defaultdict(float)
     for task, items in sorted(by_task.items()):
         right = [mme_label(r["answer"]) == r["label"].lower() for r in items]
         per_image: dict[str, list[bool]] = defaultdict(list)
@@ -84,9 +88,15 @@ def score_mme(rows: list[dict]) -> dict:
         acc_plus = sum(all(v) for v in per_image.values()) / len(per_image)
         score = 100 * (acc + acc_plus)
         total += score
+        if items[0].get("group"):
+            groups[items[0]["group"]] += score
         out[task] = {"acc": acc, "acc_plus": acc_plus, "score": score,
                      "unparseable": sum(mme_label(r["answer"]) == "other" for r in items)}
-    out["score"] = total  # MME's convention: the sum of the subtask scores
+    if groups:
+        for group, score in sorted(groups.items()):
+            out[group] = {"score": score}
+    else:
+        out["score"] = total  # the synthetic MME-4: the sum of its subtask scores
     return out
 
 
@@ -121,8 +131,9 @@ def rotations(options: list[str], answer_letter: str) -> list[tuple[list[str], s
     return out
 
 
-def score_multiple_choice(rows: list[dict]) -> dict:
-    """rows: {question_id, rotation, options, label (letter), answer}."""
+def _circular(rows: list[dict], parse) -> dict:
+    """Per question group: right in every one of its rows (CircularEval) and right in its
+    first rotation (vanilla)."""
     by_q: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_q[r["question_id"]].append(r)
@@ -130,7 +141,7 @@ def score_multiple_choice(rows: list[dict]) -> dict:
     for items in by_q.values():
         verdicts = []
         for r in sorted(items, key=lambda r: r["rotation"]):
-            pred = parse_choice(r["answer"], r["options"])
+            pred = parse(r)
             unparseable += pred is None
             verdicts.append(pred == r["label"])
         circular += all(verdicts)
@@ -138,6 +149,57 @@ def score_multiple_choice(rows: list[dict]) -> dict:
     n = len(by_q)
     return {"circular_accuracy": circular / n if n else 0.0, "vanilla_accuracy": vanilla / n if n else 0.0,
             "questions": n, "unparseable": unparseable}
+
+
+def _mmbench_parse(r: dict) -> str | None:
+    return parse_choice(r["answer"], r["options"])
+
+
+def score_multiple_choice(rows: list[dict]) -> dict:
+    """rows: {question_id, rotation, options, label (letter), answer}. Rows of the real MMBench
+    (they carry `l2_category`) are also scored per category and l2-category; rows of its test
+    split have no label: they are counted, not scored."""
+    labelled = [r for r in rows if r["label"]]
+    out = _circular(labelled, _mmbench_parse)
+    if len(labelled) < len(rows):
+        out["unlabelled_questions"] = len({r["question_id"] for r in rows if not r["label"]})
+    if any("l2_category" in r for r in labelled):
+        for field, name in (("category", "category"), ("l2_category", "l2_category")):
+            groups: dict[str, list[dict]] = defaultdict(list)
+            for r in labelled:
+                groups[r.get(field) or "none"].append(r)
+            out[name] = {g: _circular(items, _mmbench_parse) for g, items in sorted(groups.items())}
+    return out
+
+
+def scienceqa_choice(answer: str, n_options: int) -> str | None:
+    """LLaVA's ScienceQA parser (llava/eval/eval_science_qa.py), strict: the bare letter, a
+    letter followed by ". " at the start, or "The answer is X"; anything else fails (None).
+    A letter beyond the question's options fails too."""
+    text = answer.replace("\n", ". ")
+    if text.strip() in ("A", "B", "C", "D", "E"):
+        letter = text.strip()
+    elif len(text) >= 3 and text[0] in "ABCDE" and text[1:3] == ". ":
+        letter = text[0]
+    else:
+        match = re.search(r"The answer is ([A-E])", text)
+        letter = match.group(1) if match else None
+    return letter if letter is not None and letter in LETTERS[:n_options] else None
+
+
+def score_scienceqa(rows: list[dict]) -> dict:
+    """ScienceQA-IMG accuracy with LLaVA's strict parser (its IMG-Accuracy), per subject where
+    the rows name one."""
+    right = [scienceqa_choice(r["answer"], len(r["options"])) == r["label"] for r in rows]
+    out: dict = {"accuracy": sum(right) / len(right) if right else 0.0, "n": len(rows),
+                 "unparseable": sum(scienceqa_choice(r["answer"], len(r["options"])) is None for r in rows)}
+    by_category: dict[str, list[bool]] = defaultdict(list)
+    for r, ok in zip(rows, right):
+        if r.get("category"):
+            by_category[r["category"]].append(ok)
+    for category, oks in sorted(by_category.items()):
+        out[category] = {"accuracy": sum(oks) / len(oks), "n": len(oks)}
+    return out
 
 
 # ---- short answers ----------------------------------------------------------------------
@@ -201,7 +263,7 @@ SCORERS = {
     "pope": score_pope,
     "mme": score_mme,
     "mmbench": score_multiple_choice,
-    "scienceqa": score_multiple_choice,
+    "scienceqa": score_scienceqa,
     "short_answer": score_short_answers,
     "reasoning": score_reasoning,
 }
