@@ -22,10 +22,12 @@ install: $(STAMP)
 
 # Installs exactly requirements.lock (every package pinned, transitively), then the project
 # itself without resolving anything. torch is the CPU 2.13.0 build this machine keeps on disk.
+# --no-compile: pip would byte-compile every module of every package (half of the install's
+# CPU time here, 4.6 -> 2.2 min); Python compiles the few it imports on first use instead.
 $(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	@echo "installing requirements.lock into $(VENV) (log: $(VENV)/pip.log)"
-	@($(BIN)/pip install --disable-pip-version-check -r requirements.lock \
+	@($(BIN)/pip install --disable-pip-version-check --no-compile -r requirements.lock \
 		&& $(BIN)/pip install --disable-pip-version-check --no-deps -e . \
 		&& $(BIN)/pip check) > $(VENV)/pip.log 2>&1 \
 		|| (grep -v 'is ignored' $(VENV)/pip.log | tail -40; exit 1)

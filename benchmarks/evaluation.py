@@ -56,7 +56,7 @@ def trained_student(params, folder: Path, records: list[dict], steps: int, pertu
     model, processor, _ = student(params, folder, records)
     if steps:
         encoder = ChatEncoder(processor.tokenizer, image_token_count(model.config))
-        samples = [encoder.encode(c) for c in build_variant(records, "response", params.tune.prompts)]
+        samples = encoder.encode_all(build_variant(records, "response", params.tune.prompts))
         images = ImageTable(processor, folder, [s.image for s in samples])
         cfg = TrainConfig(epochs=steps * 16 / len(samples), batch_size=16, lr=3e-3, seed=seed, max_steps=steps)
         train(model, samples, images, cfg, processor.tokenizer.pad_token_id, progress=False)

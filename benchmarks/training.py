@@ -53,7 +53,7 @@ def main() -> None:
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
-    samples = [encoder.encode(c) for c in conversations]
+    samples = encoder.encode_all(conversations)
     images = ImageTable(processor, data_dir, [s.image for s in samples])
     pad = tokenizer.pad_token_id
     # the slices run on the data at hand; the projections scale to the world params.yaml asks for
@@ -82,7 +82,7 @@ def main() -> None:
     tune = params.tune
     out["tune"] = {}
     for variant in tune.variants:
-        variant_samples = [encoder.encode(c) for c in build_variant(records, variant, tune.prompts)]
+        variant_samples = encoder.encode_all(build_variant(records, variant, tune.prompts))
         student = apply_lora(copy.deepcopy(model), tune.lora) if tune.lora.enabled else copy.deepcopy(model)
         figures = timed_train(student, variant_samples, images, tune.batch_size, tune.lr, args.steps, pad)
         steps = math.ceil(tune.epochs * len(variant_samples) * scale / tune.batch_size)

@@ -17,7 +17,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from reverie.orchestration import apply_overrides, plan, remote_commands, reproduce, run_streaming, stage_environment
+from reverie.orchestration import (StageQueue, apply_overrides, available_cpus, plan, remote_commands, reproduce,
+                                   run_streaming, stage_environment)
 from reverie.workspace import LABEL_ENV, claim, holder_environment
 
 
@@ -26,10 +27,12 @@ class StageFailed(RuntimeError):
 
 
 @task(name="dvc-repro", task_run_name="{stage}", retries=1, retry_delay_seconds=10)
-def reproduce_stage(stage: str, holder: dict) -> str:
-    """Asks DVC to reproduce one stage; DVC still skips it when nothing it depends on changed."""
+def reproduce_stage(stage: str, holder: dict, threads: int | None = None) -> str:
+    """Asks DVC to reproduce one stage; DVC still skips it when nothing it depends on changed.
+    `threads`: the stage's compute threads (OMP_NUM_THREADS), when it shares the cores."""
     logger = get_run_logger()
-    code, tail = reproduce(stage, logger.info, env=stage_environment(holder))
+    env = holder | ({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})
+    code, tail = reproduce(stage, logger.info, env=stage_environment(env))
     if code != 0:
         raise StageFailed(f"stage '{stage}' failed (exit {code}):\n" + "\n".join(tail[-15:]))
     skipped = any("didn't change, skipping" in line for line in tail)
@@ -112,19 +115,42 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
         steps = plan(label=holder[LABEL_ENV], on_wait=logger.info)
         logger.info(f"dvc status: {len(steps.stale)} of {len(steps.order)} stage(s) to reproduce")
         run_stage = reproduce_stage.with_options(retries=params.orchestration.stage_retries)
-        outcome = {}
-        for stage in steps.order:
-            if stage in steps.stale:
-                outcome[stage] = run_stage(stage, holder)
-            else:
-                up_to_date(stage)
-                outcome[stage] = "skipped"
+        for stage in steps.skipped():
+            up_to_date(stage)
+        ran = run_stale_stages(steps, run_stage, holder, params.orchestration.parallel_stages)
+        outcome = {stage: ran.get(stage, "skipped") for stage in steps.order}
         if params.project.dvc_remote:
             outcome["push"] = push(params.project.dvc_remote)
         if "ran" in outcome.values():
             publish_artifacts(params)
         else:
             logger.info("nothing ran: the artifacts published by the last run that changed something stand")
+    return outcome
+
+
+def run_stale_stages(steps, run_stage, holder: dict, parallel: int) -> dict:
+    """Runs the stale stages, up to `parallel` at once in DVC's order (reverie.orchestration.StageQueue).
+    After a failure nothing new starts; the stages running finish, then the failure is raised."""
+    from prefect.futures import as_completed
+
+    queue = StageQueue(steps, parallel, available_cpus())
+    running, outcome, failure = {}, {}, None
+    while not queue.done():
+        if failure is None:
+            for stage, threads in queue.start():
+                running[stage] = run_stage.submit(stage, holder, threads if parallel > 1 else None)
+        if not running:
+            break
+        future = next(iter(as_completed(list(running.values()))))
+        stage = next(name for name, f in running.items() if f is future)
+        del running[stage]
+        queue.finish(stage)
+        try:
+            outcome[stage] = future.result()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
     return outcome
 
 

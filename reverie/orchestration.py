@@ -7,8 +7,9 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from .settings import load_params
 from .workspace import dvc_command
@@ -24,9 +25,49 @@ class Plan:
     downstream of one (their deps change when the upstream stage reruns)."""
     order: tuple[str, ...]
     stale: frozenset[str]
+    # each stage's direct upstream stages (those whose outputs it depends on)
+    upstream: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def skipped(self) -> list[str]:
         return [name for name in self.order if name not in self.stale]
+
+
+class StageQueue:
+    """Which stale stages to start next, and with how many threads, when up to `parallel` run at
+    once (`orchestration.parallel_stages`).
+
+    Stages start in DVC's order (in-order issue): a stage starts once every stage before it has
+    started, its upstream stages have finished and a slot is free. So the base step runs alone
+    with every core, the tune@ and evaluate@ runs go two by two (each with cores / parallel
+    threads: a tiny model scales poorly over threads, and the runs' single-threaded start-up,
+    imports and loading, overlaps), and `dvc repro`'s order still describes what happens."""
+
+    def __init__(self, plan: Plan, parallel: int, cpus: int):
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel}")
+        self.parallel, self.cpus = parallel, max(1, cpus)
+        self.waiting = [name for name in plan.order if name in plan.stale]
+        self.upstream = {name: plan.upstream.get(name, frozenset()) & plan.stale for name in self.waiting}
+        self.running: set[str] = set()
+        self.finished: set[str] = set()
+
+    def start(self) -> list[tuple[str, int]]:
+        """The stages to start now, each with its thread count; marks them running."""
+        started = []
+        while (self.waiting and len(self.running) < self.parallel
+               and self.upstream[self.waiting[0]] <= self.finished):
+            name = self.waiting.pop(0)
+            self.running.add(name)
+            started.append(name)
+        threads = self.cpus if len(self.running) == 1 else max(1, self.cpus // self.parallel)
+        return [(name, threads) for name in started]
+
+    def finish(self, name: str) -> None:
+        self.running.discard(name)
+        self.finished.add(name)
+
+    def done(self) -> bool:
+        return not self.waiting and not self.running
 
 
 @contextmanager
@@ -113,12 +154,24 @@ def plan(root: str | Path = ".", label: str | None = None, on_wait=print, wait_s
                     if stage.addressing in changed:
                         # DVC's graph points from a stage to the stages it depends on
                         stale |= {name} | {names[s] for s in nx.ancestors(graph, stage) if s in names}
-                return Plan(tuple(names[s] for s in order), frozenset(stale))
+                upstream = {name: frozenset(names[s] for s in graph.successors(stage) if s in names)
+                            for stage, name in names.items()}
+                return Plan(tuple(names[s] for s in order), frozenset(stale), upstream)
         except LockError as exc:
             if not announced:
                 on_wait(f"DVC is busy in this workspace, waiting: {exc}")
                 announced = True
             time.sleep(wait_s)
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def apply_overrides(overrides: dict, params_path: str | Path = "params.yaml") -> None:

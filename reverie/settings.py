@@ -378,6 +378,9 @@ class ReportSettings(Section):
 class OrchestrationSettings(Section):
     cron: str = "0 3 * * *"
     stage_retries: int = Field(1, ge=0)
+    # stages the flow runs at once, in DVC's order, each with cores / parallel_stages threads
+    # (plain `dvc repro` runs one at a time); 1 on a GPU machine where the runs would share one GPU
+    parallel_stages: int = Field(2, ge=1)
     # where `make serve` (and `make mlflow-ui`) listen; the artifacts' MLflow links point there
     host: str = "127.0.0.1"
     prefect_port: int = Field(4200, ge=1, le=65535)

@@ -48,7 +48,7 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
-    samples = [encoder.encode(c) for c in conversations]
+    samples = encoder.encode_all(conversations)
     images = ImageTable(processor, data_dir, [s.image for s in samples])
     cfg = TrainConfig(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, warmup_fraction=base.warmup_fraction,
                       weight_decay=base.weight_decay, seed=base.seed, checkpoint_every=base.checkpoint_every,
@@ -182,7 +182,7 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     records = read_jsonl(Path(split_dir) / "train.jsonl")
     conversations = build_variant(records, variant, tune.prompts)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
-    samples = [encoder.encode(c) for c in conversations]
+    samples = encoder.encode_all(conversations)
     images = ImageTable(processor, data_dir, [s.image for s in samples])
     if tune.lora.enabled:
         model = apply_lora(model, tune.lora)

@@ -55,6 +55,7 @@ def test_dvc_is_asked_once_for_the_stale_stages_and_everything_downstream(trivia
 
     fresh = plan(trivial_project)
     assert fresh.order == ("a", "b", "c") and fresh.stale == {"a", "b", "c"}
+    assert fresh.upstream == {"a": set(), "b": {"a"}, "c": set()}
     dvc(trivial_project, "repro")
     assert plan(trivial_project).stale == set()
     set_seed(trivial_project, 7)

@@ -35,13 +35,23 @@ class ChatEncoder:
         self.image_tokens = image_tokens
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.eos = tokenizer.eos_token_id
+        self._known: dict[str, list[int]] = {}
 
     def _ids(self, text: str) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        out: list[int] = []
-        for i in ids:
-            out.extend([self.image_id] * self.image_tokens if i == self.image_id else [i])
-        return out
+        if text not in self._known:
+            self._tokenize([text])
+        return self._known[text]
+
+    def _tokenize(self, texts: list[str]) -> None:
+        """Token ids of each text, with the image placeholder expanded, kept for the encoder's
+        life: a variant's conversations repeat the same prompts thousands of times, and one
+        batched call of the fast tokenizer costs less than a call per segment (19 s of a
+        25k-sample tune run's start-up before)."""
+        for text, ids in zip(texts, self.tok(texts, add_special_tokens=False)["input_ids"]):
+            out: list[int] = []
+            for i in ids:
+                out.extend([self.image_id] * self.image_tokens if i == self.image_id else [i])
+            self._known[text] = out
 
     def user_prefix(self, text: str, first: bool) -> str:
         return f"USER: {IMAGE_TOKEN}\n{text} ASSISTANT:" if first else f"USER: {text} ASSISTANT:"
@@ -49,6 +59,13 @@ class ChatEncoder:
     def prompt(self, question: str) -> list[int]:
         """The generation prompt: image and question, ending where the answer starts."""
         return self.bos + self._ids(self.user_prefix(question, True))
+
+    def encode_all(self, conversations: list[Conversation]) -> list[Encoded]:
+        """`encode` of each conversation, its distinct segments tokenized in one batch."""
+        segments = {text for c in conversations for i, turn in enumerate(c.turns)
+                    for text in (self.user_prefix(turn.user, i == 0), " " + turn.assistant)}
+        self._tokenize(sorted(segments - self._known.keys()))
+        return [self.encode(c) for c in conversations]
 
     def encode(self, conversation: Conversation) -> Encoded:
         ids, labels, targets = list(self.bos), [IGNORE] * len(self.bos), [0] * len(self.bos)
