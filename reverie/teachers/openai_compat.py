@@ -100,8 +100,14 @@ def content_parts(message: dict) -> list[dict]:
     return content if isinstance(content, list) else [{"type": "text", "text": content}]
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either seconds or an HTTP date."""
+def retry_after_seconds(value: str | None, ms: str | None = None) -> float | None:
+    """Retry-After is either seconds or an HTTP date; OpenAI also sends retry-after-ms, the
+    same wait to the millisecond, which wins when present."""
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
     if not value:
         return None
     try:
@@ -116,30 +122,74 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 class SlidingWindowLimiter:
     """At most `limit` units (requests or tokens) started in any `window_s` seconds. Waiters
-    queue on a lock, so they are served in arrival order."""
+    queue on a lock, so they are served in arrival order.
 
-    def __init__(self, limit: int, window_s: float = 60.0):
+    A provider counts a request when it arrives, a little after we start it, and by how much
+    varies (our event loop, its server): pacing at exactly its limit, every request whose delay
+    is shorter than that of the one `limit` places before it is refused with a 429. So a unit
+    holds its place `guard` x `window_s` longer than the window, and its time is taken again
+    when the request is sent (`restamp`); a refused request is refunded (`settle` to 0)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0, guard: float = 0.01):
         self.limit, self.window_s = limit, window_s
+        self.hold_s = window_s * (1 + guard)
         self.events: deque[list[float]] = deque()  # [start time, units]
         self.lock = asyncio.Lock()
+        self.freed = asyncio.Event()  # a unit given back before its time: wakes the waiter
 
     async def acquire(self, units: float) -> list[float]:
         units = min(units, self.limit)  # a request larger than the budget would otherwise wait forever
         async with self.lock:
             while True:
                 now = time.monotonic()
-                while self.events and self.events[0][0] <= now - self.window_s:
+                while self.events and self.events[0][0] <= now - self.hold_s:
                     self.events.popleft()
                 if sum(e[1] for e in self.events) + units <= self.limit:
                     entry = [now, units]
                     self.events.append(entry)
                     return entry
-                await asyncio.sleep(self.events[0][0] + self.window_s - now + 1e-3)
+                self.freed.clear()
+                try:
+                    await asyncio.wait_for(self.freed.wait(), min(e[0] for e in self.events) + self.hold_s - now + 1e-3)
+                except TimeoutError:
+                    pass
+
+    def settle(self, entry: list[float], units: float) -> None:
+        """Replaces an estimate by the measured amount (token usage is known only afterwards)."""
+        if units < entry[1]:
+            self.freed.set()
+        entry[1] = units
 
     @staticmethod
-    def settle(entry: list[float], units: float) -> None:
-        """Replaces an estimate by the measured amount (token usage is known only afterwards)."""
-        entry[1] = units
+    def restamp(entry: list[float]) -> None:
+        """The unit's time is now: the request is being sent (after waiting out a pause)."""
+        entry[0] = time.monotonic()
+
+
+@dataclass
+class Budget:
+    """What one attempt took from the client's own rate limits: a request and an estimate of
+    tokens, each as (limiter, entry), settled when the answer comes."""
+
+    request: tuple[SlidingWindowLimiter, list[float]] | None = None
+    tokens: tuple[SlidingWindowLimiter, list[float]] | None = None
+
+    def sending(self) -> None:
+        for taken in (self.request, self.tokens):
+            if taken is not None:
+                SlidingWindowLimiter.restamp(taken[1])
+
+    def settle_tokens(self, total: float) -> None:
+        if self.tokens is not None and total:
+            self.tokens[0].settle(self.tokens[1], total)
+
+    def refund(self) -> None:
+        """A 429: the server did not count the attempt, so neither do we. Kept, it would hold
+        a place in our window that the retry then waits for, and pacing at `rpm` would send
+        fewer requests than the limit allows."""
+        for taken in (self.request, self.tokens):
+            if taken is not None:
+                taken[0].settle(taken[1], 0)
 
 
 @dataclass
@@ -149,6 +199,7 @@ class Usage:
     merged: int = 0  # calls that waited for an identical call in flight instead of being sent
     requests: int = 0  # HTTP attempts, retries included
     retries: int = 0
+    rate_limited: int = 0  # 429s with a Retry-After: waited out, not counted against max_retries
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated_cost_usd: float = 0.0
@@ -202,7 +253,9 @@ async def open_lanes(settings):
     holds a lane for its duration (first come, first served), so lanes are the concurrency
     limit and the pool never queues. Proxies from the environment are honoured, and TLS trusts
     certifi's bundle (as httpx did)."""
-    ssl_context = ssl.create_default_context(cafile=certifi.where())
+    # loading the CA bundle takes ~0.1 s: only for an https endpoint (a local server has none)
+    https = settings.base_url.lower().startswith("https:")
+    ssl_context = ssl.create_default_context(cafile=certifi.where()) if https else True
     connector = aiohttp.TCPConnector(limit=settings.concurrency, ssl=ssl_context)
     # no total time-out here: `Endpoint.request` puts one deadline around each attempt
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(settings.timeout_s, 10.0))
@@ -258,6 +311,9 @@ class Endpoint:
             self.lanes.put_nowait(lane)
         self.watch = FailFast(settings.fail_fast_calls, settings.fail_fast_error_rate, self.base, self.section)
         self.first_contact, self.reached = asyncio.Lock(), False
+        # a 429 with Retry-After says the key's budget is spent until then, for every request
+        # and not only the refused one: no request starts before this (time.monotonic())
+        self.paused_until = 0.0
 
     def __repr__(self) -> str:  # never shows the key
         return f"Endpoint({self.base!r})"
@@ -288,8 +344,14 @@ class Endpoint:
                       **kwargs):
         """`read(response, budget)` of the first 200 answer, retrying time-outs, connection
         errors, 408/409/425/429 and 5xx (and a 200 that `read` cannot use) with back-off.
-        `limit()` (awaited before each attempt) returns the token budget entry to settle;
-        `what` names the request in messages ("model 'gpt-4o-mini'")."""
+        `limit()` (awaited before each attempt) returns the `Budget` the attempt took from the
+        client's rate limits; `what` names the request in messages ("model 'gpt-4o-mini'").
+
+        A 429 with a Retry-After is the provider pacing us, not a failure: every request of
+        this endpoint waits exactly that long (not an exponential back-off on top: that left
+        the rate limit idle), the attempt is refunded to our own limits, and it does not spend
+        `max_retries`; a call gives up only once it has waited `rate_limit_wait_max_s` in all,
+        or at once when one Retry-After is longer (a spent daily quota, not a rate)."""
         if not self.reached:
             async with self.first_contact:  # once, before the first request: not at all when the cache answers everything
                 if not self.reached:
@@ -297,11 +359,16 @@ class Endpoint:
                     self.reached = True
         problem = "no attempt made"
         retries = self.s.max_retries if retries is None else retries
-        for attempt in range(retries + 1):
+        attempt, rate_waited = 0, 0.0
+        while True:
             self.watch.check()
-            retry_after, counted = None, True
+            retry_after, counted, paced = None, True, False
             async with self._lane() as http:
+                await self._wait_out_pause()
                 budget = await limit() if limit is not None else None
+                await self._wait_out_pause()  # a 429 may have paused the endpoint while this call waited for its budget
+                if isinstance(budget, Budget):
+                    budget.sending()
                 self.watch.check()  # the endpoint may have been judged broken while this call waited
                 self.usage.requests += 1
                 try:
@@ -327,21 +394,47 @@ class Endpoint:
                             f"name and the key in ${self.s.api_key_env} ({self.scrub(response.text[:200])})")
                     elif status in RETRYABLE or status >= 500:
                         problem = f"HTTP {status}"
-                        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                        retry_after = retry_after_seconds(response.headers.get("retry-after"),
+                                                          response.headers.get("retry-after-ms"))
                         counted = status != 429
+                        paced = status == 429 and retry_after is not None
+                        if status == 429 and isinstance(budget, Budget):
+                            budget.refund()
                     else:
                         self.watch.record(f"HTTP {status}")
                         raise TeacherError(f"HTTP {status} from {what}: {self.scrub(response.text[:300])}")
+            if paced:
+                limit_s = self.s.rate_limit_wait_max_s
+                if retry_after > limit_s or rate_waited + retry_after > limit_s:
+                    problem = (f"HTTP 429 with Retry-After {retry_after:g} s after {rate_waited:g} s of waiting on the "
+                               f"rate limit, past {self.section}.rate_limit_wait_max_s={limit_s:g}")
+                    break
+                rate_waited += retry_after
+                self.usage.rate_limited += 1
+                self.usage.retries += 1
+                # the refused requests of one burst name one moment, each late by the time its answer
+                # took to reach us: the earliest is the truest, so a pause in force is never lengthened
+                # (taking the latest left the limit idle ~5 % of each window; a pause ended too soon
+                # costs one more 429)
+                now = time.monotonic()
+                self.paused_until = now + retry_after if self.paused_until <= now else \
+                    min(self.paused_until, now + retry_after)
+                continue
             if counted:
                 self.watch.record(problem)
             if attempt == retries:
                 break
+            attempt += 1
             self.usage.retries += 1
             # exponential back-off with jitter, so that concurrent callers do not retry in step;
             # a server's Retry-After is a floor (it knows its own quota window)
-            delay = min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+            delay = min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             await asyncio.sleep(max(delay, retry_after or 0.0))
-        raise TeacherError(f"{what}: gave up after {retries + 1} attempt(s), last: {problem}")
+        raise TeacherError(f"{what}: gave up after {attempt + 1} attempt(s), last: {problem}")
+
+    async def _wait_out_pause(self) -> None:
+        while (left := self.paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
 
     @asynccontextmanager
     async def _lane(self):
@@ -403,15 +496,17 @@ class ChatClient(CachedCalls):
         return {"temperature": self.s.temperature, "max_tokens": max_tokens}
 
     async def _fetch(self, model: str, messages: list[dict], decoding: dict, key: str) -> tuple[str, dict]:
-        async def limit():
+        async def limit() -> Budget:
+            budget = Budget()
             if self.rpm:
-                await self.rpm.acquire(1)
-            return await self.tpm.acquire(estimate_tokens(messages, decoding["max_tokens"])) if self.tpm else None
+                budget.request = self.rpm, await self.rpm.acquire(1)
+            if self.tpm:
+                budget.tokens = self.tpm, await self.tpm.acquire(estimate_tokens(messages, decoding["max_tokens"]))
+            return budget
 
-        def read(response: Reply, budget) -> tuple[str, dict]:
+        def read(response: Reply, budget: Budget) -> tuple[str, dict]:
             content, usage = chat_content(response.json())
-            if budget is not None and usage.get("total_tokens"):
-                SlidingWindowLimiter.settle(budget, usage["total_tokens"])
+            budget.settle_tokens(usage.get("total_tokens") or 0)
             return content, usage
 
         content, usage = await self.endpoint.request(
