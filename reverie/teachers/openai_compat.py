@@ -228,8 +228,8 @@ class HTTP:
     against ~0.65 ms here, and on a small machine that CPU, not the server, set the throughput
     (benchmarks.teacher: efficiency 0.6 of the concurrency bound with httpx)."""
 
-    def __init__(self, session: aiohttp.ClientSession):
-        self.session = session
+    def __init__(self, session: aiohttp.ClientSession, proxy: str | None = None):
+        self.session, self.proxy = session, proxy
 
     async def request(self, method: str, url: str, *, headers: dict, json=None, params=None, files=None,
                       data=None) -> Reply:
@@ -240,18 +240,32 @@ class HTTP:
             for name, (filename, blob, content_type) in files.items():
                 form.add_field(name, blob, filename=filename, content_type=content_type)
             data = form
-        async with self.session.request(method, url, headers=headers, json=json, params=params, data=data) as r:
+        async with self.session.request(method, url, headers=headers, json=json, params=params, data=data,
+                                        proxy=self.proxy) as r:
             return Reply(r.status, r.headers, await r.read())
 
     async def get(self, url: str, *, headers: dict) -> Reply:
         return await self.request("GET", url, headers=headers)
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), looked up
+    once: aiohttp's `trust_env` looks it up, and netrc, in a worker thread on every request,
+    two thread hops that added latency to each call."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(url)
+    if proxy_bypass(parts.hostname or ""):
+        return None
+    return getproxies().get(parts.scheme)
+
+
 @asynccontextmanager
 async def open_lanes(settings):
     """`concurrency` lanes over one HTTP pool of as many keep-alive connections. A request
     holds a lane for its duration (first come, first served), so lanes are the concurrency
-    limit and the pool never queues. Proxies from the environment are honoured, and TLS trusts
+    limit and the pool never queues. The environment's proxy is honoured, and TLS trusts
     certifi's bundle (as httpx did)."""
     # loading the CA bundle takes ~0.1 s: only for an https endpoint (a local server has none)
     https = settings.base_url.lower().startswith("https:")
@@ -259,8 +273,8 @@ async def open_lanes(settings):
     connector = aiohttp.TCPConnector(limit=settings.concurrency, ssl=ssl_context)
     # no total time-out here: `Endpoint.request` puts one deadline around each attempt
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(settings.timeout_s, 10.0))
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as session:
-        http = HTTP(session)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        http = HTTP(session, env_proxy(settings.base_url))
         yield [http] * settings.concurrency
 
 
@@ -371,6 +385,7 @@ class Endpoint:
                     budget.sending()
                 self.watch.check()  # the endpoint may have been judged broken while this call waited
                 self.usage.requests += 1
+                sent = time.monotonic()
                 try:
                     async with asyncio.timeout(self.s.timeout_s):  # a total deadline, not per read
                         response = await http.request(method, self.base + path, headers=self.headers, **kwargs)
@@ -412,13 +427,13 @@ class Endpoint:
                 rate_waited += retry_after
                 self.usage.rate_limited += 1
                 self.usage.retries += 1
-                # the refused requests of one burst name one moment, each late by the time its answer
-                # took to reach us: the earliest is the truest, so a pause in force is never lengthened
-                # (taking the latest left the limit idle ~5 % of each window; a pause ended too soon
-                # costs one more 429)
-                now = time.monotonic()
-                self.paused_until = now + retry_after if self.paused_until <= now else \
-                    min(self.paused_until, now + retry_after)
+                # Retry-After counts from when the server read the request: counted from when we sent
+                # it, the next requests arrive as the window frees (counted from when the answer
+                # reached us, they came a round trip late, ~5 % of each window here). The refused
+                # requests of one burst name one moment, so a pause in force is never lengthened;
+                # a pause ended too soon costs one more 429.
+                now, until = time.monotonic(), sent + retry_after
+                self.paused_until = until if self.paused_until <= now else min(self.paused_until, until)
                 continue
             if counted:
                 self.watch.record(problem)
