@@ -10,9 +10,9 @@ compatible endpoint, vLLM, Ollama, a local server): the paper's three steps as p
 
 Where the reference scripts run one blocking request per process, parse with literal
 evaluation and lose a result on any exception, this client runs requests concurrently under
-a limit, paces them by request and token rate, backs off with jitter on 429/5xx/time-outs
-(honouring Retry-After), caches every usable answer by content hash as soon as it arrives
-(`cache.py`: a failure is never stored, identical calls in flight are sent once), so a rerun
+a limit, paces them by request and token rate, backs off with jitter on 5xx/time-outs, waits
+out a 429's Retry-After with every request of the endpoint (without spending retries), caches
+every usable answer by content hash as soon as it arrives (`cache.py`: a failure is never stored, identical calls in flight are sent once), so a rerun
 or a resume after a kill repeats no finished call, and asks again, showing the model its
 parse error, up to `max_parse_retries` times before it quarantines an unusable answer with
 its reason and raw text.
@@ -373,7 +373,7 @@ class Endpoint:
                     self.reached = True
         problem = "no attempt made"
         retries = self.s.max_retries if retries is None else retries
-        attempt, rate_waited = 0, 0.0
+        attempt, limited_since = 0, None  # the first 429 of this call that was waited out
         while True:
             self.watch.check()
             retry_after, counted, paced = None, True, False
@@ -420,11 +420,13 @@ class Endpoint:
                         raise TeacherError(f"HTTP {status} from {what}: {self.scrub(response.text[:300])}")
             if paced:
                 limit_s = self.s.rate_limit_wait_max_s
-                if retry_after > limit_s or rate_waited + retry_after > limit_s:
-                    problem = (f"HTTP 429 with Retry-After {retry_after:g} s after {rate_waited:g} s of waiting on the "
+                now = time.monotonic()
+                limited_since = now if limited_since is None else limited_since
+                rate_waited = now - limited_since  # wall time: a server that says "0" forever is bounded too
+                if rate_waited + retry_after > limit_s:
+                    problem = (f"HTTP 429 with Retry-After {retry_after:g} s after {rate_waited:.3g} s of waiting on the "
                                f"rate limit, past {self.section}.rate_limit_wait_max_s={limit_s:g}")
                     break
-                rate_waited += retry_after
                 self.usage.rate_limited += 1
                 self.usage.retries += 1
                 # Retry-After counts from when the server read the request: counted from when we sent
@@ -432,7 +434,7 @@ class Endpoint:
                 # reached us, they came a round trip late, ~5 % of each window here). The refused
                 # requests of one burst name one moment, so a pause in force is never lengthened;
                 # a pause ended too soon costs one more 429.
-                now, until = time.monotonic(), sent + retry_after
+                until = sent + max(retry_after, 0.01)  # never a busy loop on "Retry-After: 0"
                 self.paused_until = until if self.paused_until <= now else min(self.paused_until, until)
                 continue
             if counted:
