@@ -12,9 +12,9 @@ Where the reference scripts run one blocking request per process, parse with lit
 evaluation and lose a result on any exception, this client runs requests concurrently under
 a limit, paces them by request and token rate, backs off with jitter on 5xx/time-outs, waits
 out a 429's Retry-After with every request of the endpoint (without spending retries), caches
-every usable answer by content hash as soon as it arrives (`cache.py`: a failure is never stored, identical calls in flight are sent once), so a rerun
-or a resume after a kill repeats no finished call, and asks again, showing the model its
-parse error, up to `max_parse_retries` times before it quarantines an unusable answer with
+every usable answer by content hash as soon as it arrives (`cache.py`: a failure is never
+stored, identical calls in flight are sent once), so a rerun or a resume after a kill repeats
+no finished call, and asks again, showing the model its parse error, up to `max_parse_retries` times before it quarantines an unusable answer with
 its reason and raw text.
 
 It stops early instead of quarantining a whole run: a base URL that is not http(s), a server
