@@ -14,8 +14,9 @@ a limit, paces them by request and token rate, backs off with jitter on 5xx/time
 out a 429's Retry-After with every request of the endpoint (without spending retries), caches
 every usable answer by content hash as soon as it arrives (`cache.py`: a failure is never
 stored, identical calls in flight are sent once), so a rerun or a resume after a kill repeats
-no finished call, and asks again, showing the model its parse error, up to `max_parse_retries` times before it quarantines an unusable answer with
-its reason and raw text.
+no finished call, and asks again, showing the model its parse error, up to
+`max_parse_retries` times before it quarantines an unusable answer with its reason and raw
+text.
 
 It stops early instead of quarantining a whole run: a base URL that is not http(s), a server
 that cannot be reached, a 401/403/404, or more than `fail_fast_error_rate` of the first
