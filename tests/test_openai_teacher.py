@@ -173,6 +173,18 @@ def test_a_refunded_unit_lets_the_next_waiter_go_at_once():
     assert asyncio.run(go()) < 0.5
 
 
+def test_a_unit_restamped_when_sent_does_not_hold_back_an_older_one():
+    async def go():
+        limiter = SlidingWindowLimiter(limit=2, window_s=0.3, guard=0.0)
+        first, _ = await limiter.acquire(1), await limiter.acquire(1)
+        started = time.monotonic()
+        await asyncio.sleep(0.15)
+        SlidingWindowLimiter.restamp(first)  # sent late: now newer than the second
+        await limiter.acquire(1)  # the second's place frees at 0.3 s, the first's at 0.45 s
+        return time.monotonic() - started
+
+    assert 0.25 <= asyncio.run(go()) < 0.4
+
 def test_retry_after_reads_seconds_and_openais_milliseconds():
     assert retry_after_seconds("2") == 2.0
     assert retry_after_seconds("1", "250") == 0.25  # retry-after-ms is the same wait, more precise

@@ -143,8 +143,9 @@ class SlidingWindowLimiter:
         async with self.lock:
             while True:
                 now = time.monotonic()
-                while self.events and self.events[0][0] <= now - self.hold_s:
-                    self.events.popleft()
+                if self.events and min(e[0] for e in self.events) <= now - self.hold_s:
+                    # not only from the left: a restamped entry may be newer than the one after it
+                    self.events = deque(e for e in self.events if e[0] > now - self.hold_s)
                 if sum(e[1] for e in self.events) + units <= self.limit:
                     entry = [now, units]
                     self.events.append(entry)
