@@ -73,6 +73,9 @@ class OpenAITeacherSettings(Section):
     max_retries: int = Field(5, ge=0)
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
+    # 429s with a Retry-After are waited out without spending max_retries, up to this many
+    # seconds per call in all; a single longer Retry-After (a spent quota) fails the call at once
+    rate_limit_wait_max_s: float = Field(600.0, gt=0)
     temperature: float = Field(0.2, ge=0, le=2)
     max_tokens: int = Field(1024, ge=16)
     price_per_1k_prompt: float = Field(0.0, ge=0)

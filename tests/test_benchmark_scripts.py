@@ -112,3 +112,21 @@ def test_chat_server_rate_limit_answers_429_with_the_wait_until_the_window_frees
         server.shutdown()
     assert [s for s, _ in statuses] == [200, 200, 429]
     assert 9.0 < float(statuses[2][1]) <= 10.0 and server.stats()["rate_limited"] == 1
+
+
+def test_teacher_goals_name_each_miss_and_the_script_exits_non_zero(monkeypatch, capsys):
+    rate = {"calls_lost": 0, "share_of_rate_limit": 0.96}
+    result = {"efficiency": 0.79, "threaded_efficiency": 0.97, "calls_lost": 0, "threaded_calls_lost": 0,
+              "rate_limit": {"requests": 20, "window_s": 1.0, "paced": rate,
+                             "unpaced": {**rate, "share_of_rate_limit": 0.94, "calls_lost": 2}}}
+    result["goals"] = teacher.goals(result)
+    assert {k: g["met"] for k, g in result["goals"].items()} == {
+        "efficiency": False, "threaded_efficiency": True, "share_of_rate_limit_paced": True,
+        "share_of_rate_limit_unpaced": False, "calls_lost": False}
+    assert [m.split(" =")[0] for m in teacher.missed(result)] == ["efficiency", "share_of_rate_limit_unpaced",
+                                                                   "calls_lost"]
+    monkeypatch.setattr(teacher, "main", lambda argv: result)
+    assert teacher.cli([]) == 1 and "calls_lost = 2 (goal == 0)" in capsys.readouterr().err
+    for g in result["goals"].values():
+        g["met"] = True
+    assert teacher.cli([]) == 0

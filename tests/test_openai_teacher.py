@@ -15,7 +15,8 @@ import pytest
 
 from reverie.records import PUBLISHED_FIELDS
 from reverie.settings import GenerateSettings, OpenAITeacherSettings, Params
-from reverie.teachers.openai_compat import SlidingWindowLimiter, TeacherConfigError, generate_with_openai
+from reverie.teachers.openai_compat import (SlidingWindowLimiter, TeacherConfigError, generate_with_openai,
+                                           retry_after_seconds)
 from reverie.teachers.parsing import ParseError, find_json, parse_judge, parse_questions
 
 from .chat_server import MODELS, ChatServer, Fault
@@ -155,6 +156,74 @@ def test_rate_limiter_paces_by_units_in_a_sliding_window():
 
     assert 0.6 <= asyncio.run(go()) < 1.5  # 12 units at 4 per 0.3 s: two full windows waited
 
+
+
+def test_a_refunded_unit_lets_the_next_waiter_go_at_once():
+    async def go():
+        limiter = SlidingWindowLimiter(limit=1, window_s=10.0)
+        entry = await limiter.acquire(1)
+        waiter = asyncio.create_task(limiter.acquire(1))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # the window is full for 10 s
+        started = time.monotonic()
+        limiter.settle(entry, 0)  # a 429: the server did not count it
+        await asyncio.wait_for(waiter, 1.0)
+        return time.monotonic() - started
+
+    assert asyncio.run(go()) < 0.5
+
+
+def test_a_unit_restamped_when_sent_does_not_hold_back_an_older_one():
+    async def go():
+        limiter = SlidingWindowLimiter(limit=2, window_s=0.3, guard=0.0)
+        first, _ = await limiter.acquire(1), await limiter.acquire(1)
+        started = time.monotonic()
+        await asyncio.sleep(0.15)
+        SlidingWindowLimiter.restamp(first)  # sent late: now newer than the second
+        await limiter.acquire(1)  # the second's place frees at 0.3 s, the first's at 0.45 s
+        return time.monotonic() - started
+
+    assert 0.25 <= asyncio.run(go()) < 0.4
+
+def test_retry_after_reads_seconds_and_openais_milliseconds():
+    assert retry_after_seconds("2") == 2.0
+    assert retry_after_seconds("1", "250") == 0.25  # retry-after-ms is the same wait, more precise
+    assert retry_after_seconds(None, "bad") is None and retry_after_seconds("soon") is None
+
+
+def test_a_429_pauses_every_request_and_does_not_spend_the_retries(server, images, tmp_path):
+    # max_retries=0: a 429 counted as a failed attempt would quarantine the image at once
+    server.add_faults("qa", Fault(status=429, headers={"Retry-After": "0.6"}))
+    records, quarantined, metrics = run(images[:2], settings(server.base_url, max_retries=0), tmp_path / "c.sqlite")
+    assert quarantined == [] and len(records) == 6
+    assert metrics["rate_limited"] == 1 and metrics["retries"] == 1
+    refused = next(r["t"] for r in server.requests if r["status"] == 429)
+    # the other image's calls (answered at once otherwise) waited with the refused one
+    assert not [r for r in server.requests if refused + 0.05 < r["t"] < refused + 0.5]
+
+
+def test_many_429s_from_a_rate_limit_lose_no_call(images, tmp_path):
+    srv = ChatServer(rate_limit=(3, 0.3)).start()  # 20 calls for two images at 3 per 0.3 s
+    try:
+        started = time.monotonic()
+        records, quarantined, metrics = run(images[:2], settings(srv.base_url, max_retries=0), tmp_path / "c.sqlite")
+        seconds = time.monotonic() - started
+        limited = srv.stats()["rate_limited"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert quarantined == [] and len(records) == 6 and metrics["calls"] == 20
+    assert limited > 0 and metrics["rate_limited"] == limited
+    assert seconds >= 6 * 0.3  # the server's limit held: ceil(20 / 3) - 1 windows at least
+
+
+def test_a_retry_after_beyond_the_wait_limit_fails_at_once(server, images, tmp_path):
+    server.add_faults("qa", Fault(status=429, headers={"Retry-After": "3600"}))  # a spent quota, not a rate
+    started = time.monotonic()
+    _, quarantined, _ = run(images[:1], settings(server.base_url, rate_limit_wait_max_s=30), tmp_path / "c.sqlite")
+    assert time.monotonic() - started < 5
+    assert len(quarantined) == 1 and "generate.openai.rate_limit_wait_max_s=30" in quarantined[0]["reason"]
+    assert "Retry-After 3600 s" in quarantined[0]["reason"]
 
 # ---- kill and resume ------------------------------------------------------------------------
 CHILD = """

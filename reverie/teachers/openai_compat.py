@@ -10,12 +10,13 @@ compatible endpoint, vLLM, Ollama, a local server): the paper's three steps as p
 
 Where the reference scripts run one blocking request per process, parse with literal
 evaluation and lose a result on any exception, this client runs requests concurrently under
-a limit, paces them by request and token rate, backs off with jitter on 429/5xx/time-outs
-(honouring Retry-After), caches every usable answer by content hash as soon as it arrives
-(`cache.py`: a failure is never stored, identical calls in flight are sent once), so a rerun
-or a resume after a kill repeats no finished call, and asks again, showing the model its
-parse error, up to `max_parse_retries` times before it quarantines an unusable answer with
-its reason and raw text.
+a limit, paces them by request and token rate, backs off with jitter on 5xx/time-outs, waits
+out a 429's Retry-After with every request of the endpoint (without spending retries), caches
+every usable answer by content hash as soon as it arrives (`cache.py`: a failure is never
+stored, identical calls in flight are sent once), so a rerun or a resume after a kill repeats
+no finished call, and asks again, showing the model its parse error, up to
+`max_parse_retries` times before it quarantines an unusable answer with its reason and raw
+text.
 
 It stops early instead of quarantining a whole run: a base URL that is not http(s), a server
 that cannot be reached, a 401/403/404, or more than `fail_fast_error_rate` of the first
@@ -31,18 +32,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import mimetypes
 import os
 import random
+import ssl
 import time
 from collections import deque
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from string import Template
 
-import httpx
+import aiohttp
+import certifi
+from multidict import CIMultiDictProxy
 from tqdm import tqdm
 
 from ..data_import import ImageEntry
@@ -96,8 +101,14 @@ def content_parts(message: dict) -> list[dict]:
     return content if isinstance(content, list) else [{"type": "text", "text": content}]
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either seconds or an HTTP date."""
+def retry_after_seconds(value: str | None, ms: str | None = None) -> float | None:
+    """Retry-After is either seconds or an HTTP date; OpenAI also sends retry-after-ms, the
+    same wait to the millisecond, which wins when present."""
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
     if not value:
         return None
     try:
@@ -112,30 +123,75 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 class SlidingWindowLimiter:
     """At most `limit` units (requests or tokens) started in any `window_s` seconds. Waiters
-    queue on a lock, so they are served in arrival order."""
+    queue on a lock, so they are served in arrival order.
 
-    def __init__(self, limit: int, window_s: float = 60.0):
+    A provider counts a request when it arrives, a little after we start it, and by how much
+    varies (our event loop, its server): pacing at exactly its limit, every request whose delay
+    is shorter than that of the one `limit` places before it is refused with a 429. So a unit
+    holds its place `guard` x `window_s` longer than the window, and its time is taken again
+    when the request is sent (`restamp`); a refused request is refunded (`settle` to 0)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0, guard: float = 0.01):
         self.limit, self.window_s = limit, window_s
+        self.hold_s = window_s * (1 + guard)
         self.events: deque[list[float]] = deque()  # [start time, units]
         self.lock = asyncio.Lock()
+        self.freed = asyncio.Event()  # a unit given back before its time: wakes the waiter
 
     async def acquire(self, units: float) -> list[float]:
         units = min(units, self.limit)  # a request larger than the budget would otherwise wait forever
         async with self.lock:
             while True:
                 now = time.monotonic()
-                while self.events and self.events[0][0] <= now - self.window_s:
-                    self.events.popleft()
+                if self.events and min(e[0] for e in self.events) <= now - self.hold_s:
+                    # not only from the left: a restamped entry may be newer than the one after it
+                    self.events = deque(e for e in self.events if e[0] > now - self.hold_s)
                 if sum(e[1] for e in self.events) + units <= self.limit:
                     entry = [now, units]
                     self.events.append(entry)
                     return entry
-                await asyncio.sleep(self.events[0][0] + self.window_s - now + 1e-3)
+                self.freed.clear()
+                try:
+                    await asyncio.wait_for(self.freed.wait(), min(e[0] for e in self.events) + self.hold_s - now + 1e-3)
+                except TimeoutError:
+                    pass
+
+    def settle(self, entry: list[float], units: float) -> None:
+        """Replaces an estimate by the measured amount (token usage is known only afterwards)."""
+        if units < entry[1]:
+            self.freed.set()
+        entry[1] = units
 
     @staticmethod
-    def settle(entry: list[float], units: float) -> None:
-        """Replaces an estimate by the measured amount (token usage is known only afterwards)."""
-        entry[1] = units
+    def restamp(entry: list[float]) -> None:
+        """The unit's time is now: the request is being sent (after waiting out a pause)."""
+        entry[0] = time.monotonic()
+
+
+@dataclass
+class Budget:
+    """What one attempt took from the client's own rate limits: a request and an estimate of
+    tokens, each as (limiter, entry), settled when the answer comes."""
+
+    request: tuple[SlidingWindowLimiter, list[float]] | None = None
+    tokens: tuple[SlidingWindowLimiter, list[float]] | None = None
+
+    def sending(self) -> None:
+        for taken in (self.request, self.tokens):
+            if taken is not None:
+                SlidingWindowLimiter.restamp(taken[1])
+
+    def settle_tokens(self, total: float) -> None:
+        if self.tokens is not None and total:
+            self.tokens[0].settle(self.tokens[1], total)
+
+    def refund(self) -> None:
+        """A 429: the server did not count the attempt, so neither do we. Kept, it would hold
+        a place in our window that the retry then waits for, and pacing at `rpm` would send
+        fewer requests than the limit allows."""
+        for taken in (self.request, self.tokens):
+            if taken is not None:
+                taken[0].settle(taken[1], 0)
 
 
 @dataclass
@@ -145,23 +201,83 @@ class Usage:
     merged: int = 0  # calls that waited for an identical call in flight instead of being sent
     requests: int = 0  # HTTP attempts, retries included
     retries: int = 0
+    rate_limited: int = 0  # 429s with a Retry-After: waited out, not counted against max_retries
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated_cost_usd: float = 0.0
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A server's whole answer, read before its connection goes back to the pool; `read`
+    callbacks see the status, the (case-insensitive) headers, the bytes, `text` and `json()`."""
+
+    status_code: int
+    headers: CIMultiDictProxy
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class HTTP:
+    """One aiohttp session with a keep-alive pool of `concurrency` connections. aiohttp, not
+    httpx: at the same concurrency httpx (httpcore over anyio) spent ~2.3 ms of CPU per request
+    against ~0.65 ms here, and on a small machine that CPU, not the server, set the throughput
+    (benchmarks.teacher: efficiency 0.6 of the concurrency bound with httpx)."""
+
+    def __init__(self, session: aiohttp.ClientSession, proxy: str | None = None):
+        self.session, self.proxy = session, proxy
+
+    async def request(self, method: str, url: str, *, headers: dict, json=None, params=None, files=None,
+                      data=None) -> Reply:
+        if files:  # a multipart upload (the batch input file), with the form's other fields
+            form = aiohttp.FormData()
+            for name, value in (data or {}).items():
+                form.add_field(name, str(value))
+            for name, (filename, blob, content_type) in files.items():
+                form.add_field(name, blob, filename=filename, content_type=content_type)
+            data = form
+        async with self.session.request(method, url, headers=headers, json=json, params=params, data=data,
+                                        proxy=self.proxy) as r:
+            return Reply(r.status, r.headers, await r.read())
+
+    async def get(self, url: str, *, headers: dict) -> Reply:
+        return await self.request("GET", url, headers=headers)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), looked up
+    once: aiohttp's `trust_env` looks it up, and netrc, in a worker thread on every request,
+    two thread hops that added latency to each call."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(url)
+    if proxy_bypass(parts.hostname or ""):
+        return None
+    return getproxies().get(parts.scheme)
+
+
 @asynccontextmanager
 async def open_lanes(settings):
-    """`concurrency` HTTP clients of one keep-alive connection each. A request holds a lane
-    for its duration, so lanes are the concurrency limit. One client with a large pool would
-    do the same, but httpcore's pool scans every connection on every request (O(connections
-    x queued), encode/httpcore#1035): at 128 connections that costs ~15 ms of CPU per request."""
-    ssl_context = httpx.create_ssl_context()  # built once: loading the CA bundle per client is slow
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=settings.timeout_s,
-                                                                 verify=ssl_context))
-               for _ in range(settings.concurrency)]
+    """`concurrency` lanes over one HTTP pool of as many keep-alive connections. A request
+    holds a lane for its duration (first come, first served), so lanes are the concurrency
+    limit and the pool never queues. The environment's proxy is honoured, and TLS trusts
+    certifi's bundle (as httpx did)."""
+    # loading the CA bundle takes ~0.1 s: only for an https endpoint (a local server has none)
+    https = settings.base_url.lower().startswith("https:")
+    ssl_context = ssl.create_default_context(cafile=certifi.where()) if https else True
+    connector = aiohttp.TCPConnector(limit=settings.concurrency, ssl=ssl_context)
+    # no total time-out here: `Endpoint.request` puts one deadline around each attempt
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(settings.timeout_s, 10.0))
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        http = HTTP(session, env_proxy(settings.base_url))
+        yield [http] * settings.concurrency
 
 
 class FailFast:
@@ -202,15 +318,18 @@ class Endpoint:
 
     section = "generate.openai"
 
-    def __init__(self, settings, lanes: list[httpx.AsyncClient], usage: Usage):
+    def __init__(self, settings, lanes: list[HTTP], usage: Usage):
         self.s, self.usage = settings, usage
         self.base = settings.base_url.rstrip("/")
         self._key = os.environ.get(settings.api_key_env) or None  # local servers need none
-        self.lanes: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+        self.lanes: asyncio.Queue[HTTP] = asyncio.Queue()
         for lane in lanes:
             self.lanes.put_nowait(lane)
         self.watch = FailFast(settings.fail_fast_calls, settings.fail_fast_error_rate, self.base, self.section)
         self.first_contact, self.reached = asyncio.Lock(), False
+        # a 429 with Retry-After says the key's budget is spent until then, for every request
+        # and not only the refused one: no request starts before this (time.monotonic())
+        self.paused_until = 0.0
 
     def __repr__(self) -> str:  # never shows the key
         return f"Endpoint({self.base!r})"
@@ -230,19 +349,25 @@ class Endpoint:
             try:
                 async with asyncio.timeout(min(self.s.timeout_s, 10.0)):
                     await http.get(self.base + "/models", headers=self.headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL) as exc:
                 raise TeacherConfigError(
                     f"cannot connect to {self.base} ({self.section}.base_url): {type(exc).__name__}: "
                     f"{self.scrub(str(exc))[:200]}") from None
-            except (TimeoutError, httpx.HTTPError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass  # it accepted the connection; slow or odd answers are for the real calls to judge
 
     async def request(self, method: str, path: str, *, read, what: str, limit=None, retries: int | None = None,
                       **kwargs):
         """`read(response, budget)` of the first 200 answer, retrying time-outs, connection
         errors, 408/409/425/429 and 5xx (and a 200 that `read` cannot use) with back-off.
-        `limit()` (awaited before each attempt) returns the token budget entry to settle;
-        `what` names the request in messages ("model 'gpt-4o-mini'")."""
+        `limit()` (awaited before each attempt) returns the `Budget` the attempt took from the
+        client's rate limits; `what` names the request in messages ("model 'gpt-4o-mini'").
+
+        A 429 with a Retry-After is the provider pacing us, not a failure: every request of
+        this endpoint waits exactly that long (not an exponential back-off on top: that left
+        the rate limit idle), the attempt is refunded to our own limits, and it does not spend
+        `max_retries`; a call gives up only once it has waited `rate_limit_wait_max_s` in all,
+        or at once when one Retry-After is longer (a spent daily quota, not a rate)."""
         if not self.reached:
             async with self.first_contact:  # once, before the first request: not at all when the cache answers everything
                 if not self.reached:
@@ -250,19 +375,25 @@ class Endpoint:
                     self.reached = True
         problem = "no attempt made"
         retries = self.s.max_retries if retries is None else retries
-        for attempt in range(retries + 1):
+        attempt, limited_since = 0, None  # the first 429 of this call that was waited out
+        while True:
             self.watch.check()
-            retry_after, counted = None, True
+            retry_after, counted, paced = None, True, False
             async with self._lane() as http:
+                await self._wait_out_pause()
                 budget = await limit() if limit is not None else None
+                await self._wait_out_pause()  # a 429 may have paused the endpoint while this call waited for its budget
+                if isinstance(budget, Budget):
+                    budget.sending()
                 self.watch.check()  # the endpoint may have been judged broken while this call waited
                 self.usage.requests += 1
+                sent = time.monotonic()
                 try:
                     async with asyncio.timeout(self.s.timeout_s):  # a total deadline, not per read
                         response = await http.request(method, self.base + path, headers=self.headers, **kwargs)
-                except (TimeoutError, httpx.TimeoutException):
+                except TimeoutError:  # aiohttp's own time-outs are TimeoutErrors too
                     problem = f"no answer within {self.s.timeout_s:g} s"
-                except httpx.TransportError as exc:
+                except aiohttp.ClientError as exc:
                     problem = f"connection error ({type(exc).__name__})"
                 else:
                     status = response.status_code
@@ -280,21 +411,49 @@ class Endpoint:
                             f"name and the key in ${self.s.api_key_env} ({self.scrub(response.text[:200])})")
                     elif status in RETRYABLE or status >= 500:
                         problem = f"HTTP {status}"
-                        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                        retry_after = retry_after_seconds(response.headers.get("retry-after"),
+                                                          response.headers.get("retry-after-ms"))
                         counted = status != 429
+                        paced = status == 429 and retry_after is not None
+                        if status == 429 and isinstance(budget, Budget):
+                            budget.refund()
                     else:
                         self.watch.record(f"HTTP {status}")
                         raise TeacherError(f"HTTP {status} from {what}: {self.scrub(response.text[:300])}")
+            if paced:
+                limit_s = self.s.rate_limit_wait_max_s
+                now = time.monotonic()
+                limited_since = now if limited_since is None else limited_since
+                rate_waited = now - limited_since  # wall time: a server that says "0" forever is bounded too
+                if rate_waited + retry_after > limit_s:
+                    problem = (f"HTTP 429 with Retry-After {retry_after:g} s after {rate_waited:.3g} s of waiting on the "
+                               f"rate limit, past {self.section}.rate_limit_wait_max_s={limit_s:g}")
+                    break
+                self.usage.rate_limited += 1
+                self.usage.retries += 1
+                # Retry-After counts from when the server read the request: counted from when we sent
+                # it, the next requests arrive as the window frees (counted from when the answer
+                # reached us, they came a round trip late, ~5 % of each window here). The refused
+                # requests of one burst name one moment, so a pause in force is never lengthened;
+                # a pause ended too soon costs one more 429.
+                until = sent + max(retry_after, 0.01)  # never a busy loop on "Retry-After: 0"
+                self.paused_until = until if self.paused_until <= now else min(self.paused_until, until)
+                continue
             if counted:
                 self.watch.record(problem)
             if attempt == retries:
                 break
+            attempt += 1
             self.usage.retries += 1
             # exponential back-off with jitter, so that concurrent callers do not retry in step;
             # a server's Retry-After is a floor (it knows its own quota window)
-            delay = min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+            delay = min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             await asyncio.sleep(max(delay, retry_after or 0.0))
-        raise TeacherError(f"{what}: gave up after {retries + 1} attempt(s), last: {problem}")
+        raise TeacherError(f"{what}: gave up after {attempt + 1} attempt(s), last: {problem}")
+
+    async def _wait_out_pause(self) -> None:
+        while (left := self.paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
 
     @asynccontextmanager
     async def _lane(self):
@@ -356,15 +515,17 @@ class ChatClient(CachedCalls):
         return {"temperature": self.s.temperature, "max_tokens": max_tokens}
 
     async def _fetch(self, model: str, messages: list[dict], decoding: dict, key: str) -> tuple[str, dict]:
-        async def limit():
+        async def limit() -> Budget:
+            budget = Budget()
             if self.rpm:
-                await self.rpm.acquire(1)
-            return await self.tpm.acquire(estimate_tokens(messages, decoding["max_tokens"])) if self.tpm else None
+                budget.request = self.rpm, await self.rpm.acquire(1)
+            if self.tpm:
+                budget.tokens = self.tpm, await self.tpm.acquire(estimate_tokens(messages, decoding["max_tokens"]))
+            return budget
 
-        def read(response: httpx.Response, budget) -> tuple[str, dict]:
+        def read(response: Reply, budget: Budget) -> tuple[str, dict]:
             content, usage = chat_content(response.json())
-            if budget is not None and usage.get("total_tokens"):
-                SlidingWindowLimiter.settle(budget, usage["total_tokens"])
+            budget.settle_tokens(usage.get("total_tokens") or 0)
             return content, usage
 
         content, usage = await self.endpoint.request(
