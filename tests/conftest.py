@@ -82,7 +82,7 @@ def make_project(dest: Path, params: dict) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, dest / name)
-    for name in ("stages", "flows"):
+    for name in ("stages", "flows", "mix"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     # the library is imported from the installed package; dvc.yaml names its files as deps
     shutil.copytree(ROOT / "reverie", dest / "reverie", ignore=shutil.ignore_patterns("__pycache__"))
