@@ -173,3 +173,16 @@ def test_loop_and_mix_settings_are_validated():
     with pytest.raises(ValueError, match="path"):
         MixSettings(fraction=0.5)
     assert TuneSettings().precision == "fp32" and TuneSettings().micro_batch_size is None
+
+
+def test_the_7b_profile_applies_as_validated_params_overrides():
+    from reverie.orchestration import profile_overrides
+    from reverie.settings import load_params
+
+    root = Path(__file__).resolve().parents[1]
+    params = load_params(root / "params.yaml", profile_overrides(root / "configs/llava-1.5-7b.yaml"))
+    tune = params.tune
+    assert params.base.model.pretrained == "llava-hf/llava-1.5-7b-hf"
+    assert (tune.lora.r, tune.lora.alpha, tune.lr, tune.epochs, tune.batch_size) == (128, 256, 2e-4, 1, 128)
+    assert (tune.max_length, tune.precision, tune.gradient_checkpointing) == (2048, "bf16", True)
+    assert tune.mix.path == "mix/llava_v1_5_mix665k.json" and tune.mix.fraction == 1.0
