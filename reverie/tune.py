@@ -206,7 +206,10 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     tune = params.tune
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    model, processor = load_student(base_dir)
+    # with LoRA the frozen model may sit in the autocast's half precision (a 7B model: 14 GB, not
+    # 28); train() keeps the trained weights (adapters, projector) in fp32
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tune.precision) if tune.lora.enabled else None
+    model, processor = load_student(base_dir, dtype=half)
     tokenizer = processor.tokenizer
     records = read_jsonl(Path(split_dir) / "train.jsonl")
     conversations = build_variant(records, variant, tune.prompts)

@@ -186,3 +186,40 @@ def test_the_7b_profile_applies_as_validated_params_overrides():
     assert (tune.lora.r, tune.lora.alpha, tune.lr, tune.epochs, tune.batch_size) == (128, 256, 2e-4, 1, 128)
     assert (tune.max_length, tune.precision, tune.gradient_checkpointing) == (2048, "bf16", True)
     assert tune.mix.path == "mix/llava_v1_5_mix665k.json" and tune.mix.fraction == 1.0
+
+
+def test_tune_variant_runs_the_real_model_recipe_with_a_mix(tiny, tmp_path, monkeypatch):
+    """tune_variant with bf16, checkpointing, accumulation, max_length and tune.mix, two steps."""
+    from PIL import Image
+
+    from reverie.io import write_jsonl
+    from reverie.settings import Params
+    from reverie.tune import tune_variant
+    from tests.conftest import merge, tiny_params_dict
+
+    model, processor, *_ = tiny
+    monkeypatch.chdir(tmp_path)
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    (tmp_path / "data/img").mkdir(parents=True)
+    (tmp_path / "mix/images").mkdir(parents=True)
+    records = []
+    for i in range(8):
+        Image.new("RGB", (16, 16), (200, 20 * i, 20)).save(tmp_path / f"data/img/{i}.png")
+        Image.new("RGB", (16, 16), (20, 20 * i, 200)).save(tmp_path / f"mix/images/{i}.png")
+        records.append({"id": f"r{i}", "image": f"img/{i}.png", "question": "What color is the image?",
+                        "correct_answer": "red", "confusing_answer": "blue", "correct_rationale": "red red red",
+                        "incorrect_rationale": "blue is wrong red", "question_type": "short_answer"})
+    write_jsonl(tmp_path / "split/train.jsonl", records)
+    (tmp_path / "mix/mix.json").write_text(json.dumps([
+        {"id": f"m{i}", "image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>\nWhat color?"},
+                                                              {"from": "gpt", "value": "blue"}]} for i in range(8)]))
+    params = Params.model_validate(merge(tiny_params_dict(tmp_path), {"tune": {
+        "batch_size": 8, "micro_batch_size": 4, "precision": "bf16", "gradient_checkpointing": True,
+        "max_length": 40, "epochs": 1, "mix": {"path": "mix/mix.json", "images_root": "mix/images", "count": 4}}}))
+    metrics = tune_variant(params, "pos_neg", 0, tmp_path / "base", tmp_path / "data", tmp_path / "split",
+                           tmp_path / "out", state_dir=tmp_path / "state", progress=False, max_steps=2)
+    assert metrics["steps"] == 2 and metrics["samples"] == 8 * 3 + 4
+    assert metrics["mix_conversations"] == 4 and metrics["tokens_by_kind"]["llava_mix"] > 0
+    assert metrics["truncated_samples"] > 0  # the rationale samples are longer than 40 tokens
+    assert metrics["tokens_per_s"] > 0
