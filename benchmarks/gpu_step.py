@@ -1,17 +1,24 @@
-"""GPU figures for LoRA tuning of the LLaVA-1.5-7B architecture: step time, tokens/s, peak
-memory and model FLOPs utilization (MFU) for a batch of real sequence length.
+"""GPU figures of the project's own training function (`reverie.student.train.train`) on
+LoRA tuning of the LLaVA-1.5-7B architecture with the 7B profile's recipe
+(configs/llava-1.5-7b.yaml: LoRA r 128 / alpha 256, lr 2e-4, global batch 128 in micro-batches
+of 16, length 2048, bf16 autocast, gradient checkpointing): step time, tokens/s, peak memory
+and model FLOPs utilization (MFU).
 
 The model is built from an explicit config matching llava-hf/llava-1.5-7b-hf (CLIP
 ViT-L/14-336 tower, Llama-2-7B language model, GELU MLP projector) with random weights,
-directly on the device in the chosen dtype: nothing is downloaded and a 7B model never
-materialises in fp32 on the CPU. LoRA is applied with `reverie.tune.apply_lora` and the
-project's default `LoraSettings` (LoRA on the language model, projector trained in full).
-Throughput does not depend on what the weights are.
+directly on the GPU in the frozen weights' dtype: nothing is downloaded and a 7B model never
+materialises in fp32 on the CPU. LoRA comes from `reverie.tune.apply_lora` with the profile's
+`tune.lora`; `train` upcasts the trainable weights to fp32 and runs the profile's loop
+settings. Samples are full-length: BOS, 576 image tokens, random text tokens, all predicted.
+Throughput does not depend on what the weights are. A step is one optimizer step over the
+global batch (its accumulation passes included).
 
-    python -m benchmarks.gpu_step [--arch llava-1.5-7b|tiny] [--batch 8] [--seq 1024]
-        [--steps 10] [--warmup 3] [--dtype bf16] [--grad-checkpointing] [--peak-tflops T]
+    python -m benchmarks.gpu_step [--profile configs/llava-1.5-7b.yaml] [--steps 3] [--warmup 1]
+        [--global-batch N] [--micro-batch N] [--seq N] [--peak-tflops T]
+    python -m benchmarks.gpu_step --arch tiny      # CPU: the tiny student's shape, same recipe
 
-`--arch tiny` (the project's tiny student shape) is a CPU smoke test. The last line printed
+Without a CUDA GPU the 7B run says so and exits with status 2 (`--device cpu` forces it on the
+CPU anyway: about a minute and a half per 640-token sample on 2 cores). The last line printed
 is one JSON object.
 """
 from __future__ import annotations
@@ -81,24 +88,6 @@ def build_model(config, device: str | torch.device, dtype: torch.dtype):
     finally:
         torch.set_default_dtype(previous)
     return model.to(dtype)  # a no-op unless some buffer or parameter ignored the default
-
-
-def make_batch(config, batch: int, seq: int, device, dtype, seed: int = 0):
-    """`batch` full-length sequences: BOS, the image's placeholder tokens, random text tokens
-    (predicted: labels everywhere but the image and BOS), and one random image each."""
-    n_img = config.image_seq_length
-    if seq < n_img + 2:
-        raise ValueError(f"--seq {seq} is shorter than the {n_img} image tokens plus BOS and one text token")
-    g = torch.Generator().manual_seed(seed)
-    text = config.text_config
-    ids = torch.randint(3, config.image_token_id, (batch, seq), generator=g)
-    ids[:, 0] = text.bos_token_id
-    ids[:, 1:1 + n_img] = config.image_token_id
-    labels = ids.clone()
-    labels[:, :1 + n_img] = -100
-    v = config.vision_config
-    pixels = torch.randn(batch, 3, v.image_size, v.image_size, generator=g)
-    return ids.to(device), labels.to(device), pixels.to(device=device, dtype=dtype)
 
 
 def peak_device_flops(name: str) -> float | None:
@@ -186,34 +175,106 @@ def sync(device: torch.device) -> None:
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=["llava-1.5-7b", "tiny"], default="llava-1.5-7b")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=1024, help="tokens per sequence, image tokens included")
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--profile", default="configs/llava-1.5-7b.yaml", help="the params profile whose tune recipe runs")
+    p.add_argument("--arch", choices=["llava-1.5-7b", "tiny"], default="llava-1.5-7b",
+                   help="tiny: the project's tiny student shape, a CPU check of the same recipe")
+    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
+    p.add_argument("--global-batch", type=int, default=None, help="default: the profile's tune.batch_size")
+    p.add_argument("--micro-batch", type=int, default=None, help="default: the profile's tune.micro_batch_size")
+    p.add_argument("--seq", type=int, default=None, help="tokens per sample, image tokens included "
+                                                          "(default: the profile's tune.max_length)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None, help="default: the profile's")
+    p.add_argument("--no-grad-checkpointing", action="store_true")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda; cpu only when asked")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak dense device TFLOP/s for MFU (default: by GPU name; none on the CPU)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
-        p.error("need --steps >= 1, --warmup >= 0, --batch >= 1")
+    if args.steps < 1 or args.warmup < 0:
+        p.error("need --steps >= 1, --warmup >= 0")
+    if args.arch == "tiny":  # a shape the CPU runs in seconds
+        args.global_batch = args.global_batch or 4
+        args.micro_batch = args.micro_batch or 2
+        args.seq = args.seq or 64
     return args
+
+
+def recipe(args):
+    """The profile's tune settings with this run's overrides (validated like params.yaml)."""
+    from reverie.orchestration import profile_overrides
+    from reverie.settings import TuneSettings
+
+    tune = {k.removeprefix("tune."): v for k, v in profile_overrides(args.profile).items() if k.startswith("tune.")}
+    nested: dict = {}
+    for key, value in tune.items():
+        node = nested
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    nested.pop("mix", None)  # no data: the samples are made here
+    settings = TuneSettings.model_validate(nested)
+    updates = {"batch_size": args.global_batch, "micro_batch_size": args.micro_batch, "max_length": args.seq,
+               "precision": args.precision}
+    updates = {k: v for k, v in updates.items() if v is not None}
+    if args.no_grad_checkpointing:
+        updates["gradient_checkpointing"] = False
+    return TuneSettings.model_validate(settings.model_dump() | updates)
+
+
+def make_samples(config, n: int, seq: int, seed: int = 0):
+    """`n` full-length samples: BOS, the image's placeholder tokens, random text tokens (all
+    predicted), each with its own image name."""
+    from reverie.student.samples import IGNORE, RESPONSE, Encoded
+
+    n_img = config.image_seq_length
+    if seq < n_img + 2:
+        raise ValueError(f"--seq {seq} is shorter than the {n_img} image tokens plus BOS and one text token")
+    g = torch.Generator().manual_seed(seed)
+    text = config.text_config
+    out = []
+    for i in range(n):
+        words = torch.randint(3, config.image_token_id, (seq - 1 - n_img,), generator=g).tolist()
+        ids = [text.bos_token_id] + [config.image_token_id] * n_img + words
+        labels = [IGNORE] * (1 + n_img) + words
+        out.append(Encoded(ids, labels, [0] * (1 + n_img) + [RESPONSE] * len(words), f"random/{i}"))
+    return out
+
+
+class RandomPixels:
+    """An image source of random pixels (train asks it by image name)."""
+
+    def __init__(self, config, seed: int = 0):
+        self.size = config.vision_config.image_size
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self, rels):
+        return torch.randn(len(rels), 3, self.size, self.size, generator=self.g)
 
 
 def main(argv=None) -> dict:
     import peft
     import transformers
 
-    from reverie.settings import LoraSettings
+    from reverie.student.train import TrainConfig, train
     from reverie.tune import apply_lora
 
     args = parse(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype]
+    cuda = torch.cuda.is_available()
+    device = torch.device(args.device or ("cuda" if cuda else "cpu"))
+    if device.type == "cuda" and not cuda:
+        raise SystemExit("--device cuda: no CUDA GPU here")
+    if args.arch == "llava-1.5-7b" and device.type != "cuda" and args.device != "cpu":
+        result = {"benchmark": "gpu_step", "error": "no CUDA GPU on this machine: the 7B profile was not run. "
+                  "Run it on a GPU machine, `--arch tiny` for the same recipe on the CPU at the tiny shape, "
+                  "or `--device cpu` to force the 7B shape on the CPU (very slow)", "gpu": False}
+        print("NO GPU: " + result["error"], file=sys.stderr)
+        print(json.dumps(result))
+        return result
+    if device.type == "cpu" and cuda:
+        raise SystemExit("--device cpu on a GPU machine: train() runs on the GPU there; hide it with CUDA_VISIBLE_DEVICES=")
+    tune = recipe(args)
     torch.manual_seed(args.seed)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -222,47 +283,46 @@ def main(argv=None) -> dict:
     else:
         name = f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     config = llava_config(args.arch)
+    frozen = DTYPES[tune.precision] if tune.lora.enabled else torch.float32  # train keeps trainable weights fp32
     t0 = time.perf_counter()
-    model = apply_lora(build_model(config, device, dtype), LoraSettings())
-    if args.grad_checkpointing:
-        kwargs = {"use_reentrant": False}  # works with the frozen embeddings LoRA leaves
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model.train()
+    model = build_model(config, device, frozen)
+    model = apply_lora(model, tune.lora) if tune.lora.enabled else model
     sync(device)
     build_s = time.perf_counter() - t0
     parts = count_params(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
-    ids, labels, pixels = make_batch(config, args.batch, args.seq, device, dtype, args.seed)
+    seq, batch = tune.max_length or 2048, tune.batch_size
+    steps = args.warmup + args.steps
+    # one step more than is run: train stops at max_steps without gathering a 7B state dict
+    samples = make_samples(config, batch * (steps + 1), seq, args.seed)
+    cfg = TrainConfig(epochs=1.0, batch_size=batch, lr=tune.lr, warmup_fraction=tune.warmup_fraction,
+                      weight_decay=tune.weight_decay, seed=args.seed, max_steps=steps,
+                      micro_batch_size=tune.micro_batch_size, precision=tune.precision,
+                      gradient_checkpointing=tune.gradient_checkpointing, max_length=tune.max_length)
+    stamps, losses = [], []
 
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        out = model(input_ids=ids, pixel_values=pixels, labels=labels, use_cache=False)
-        out.loss.backward()
-        optimizer.step()
-        return out.loss.item()  # also a sync point
+    def on_log(step, entry):
+        sync(device)
+        stamps.append(time.perf_counter())
+        losses.append(entry["loss"])
 
-    result = {"benchmark": "gpu_step", "arch": args.arch, "device": name, "dtype": args.dtype,
-              "batch": args.batch, "seq": args.seq, "image_tokens_per_sequence": config.image_seq_length,
-              "tokens_per_step": args.batch * args.seq, "grad_checkpointing": args.grad_checkpointing,
-              "lora": LoraSettings().model_dump(), "attn_implementation": model.config._attn_implementation,
+    result = {"benchmark": "gpu_step", "gpu": device.type == "cuda", "arch": args.arch, "device": name,
+              "profile": args.profile, "training_function": "reverie.student.train.train",
+              "precision": tune.precision, "frozen_dtype": str(frozen).removeprefix("torch."),
+              "global_batch": batch, "micro_batch": tune.micro_batch_size or batch,
+              "accumulation_passes": -(-batch // (tune.micro_batch_size or batch)), "seq": seq,
+              "image_tokens_per_sequence": config.image_seq_length, "tokens_per_step": batch * seq,
+              "grad_checkpointing": tune.gradient_checkpointing, "lora": tune.lora.model_dump(), "lr": tune.lr,
+              "attn_implementation": model.config._attn_implementation,
               "total_params": parts["total"], "trainable_params": parts["trainable"],
               "params_by_part": parts, "build_seconds": round(build_s, 3),
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}}
-    times, losses = [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    start = time.perf_counter()
     try:
-        for i in range(args.warmup + args.steps):
-            sync(device)
-            start = time.perf_counter()
-            losses.append(step())
-            sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
+        train(model, samples, RandomPixels(config, args.seed), cfg, config.text_config.pad_token_id,
+              on_log=on_log, log_every=1, progress=False, desc="gpu_step")
     except torch.OutOfMemoryError as e:
         mem, how = peak_memory(device)
         result |= {"error": f"out of memory after {len(losses)} steps: {str(e).splitlines()[0]}",
@@ -270,12 +330,13 @@ def main(argv=None) -> dict:
         print(json.dumps(result))
         return result
     mem, how = peak_memory(device)
+    times = [b - a for a, b in zip([start] + stamps, stamps)][args.warmup:]
     step_s = statistics.median(times)
-    matmul, matmul_size = measured_matmul_flops(device, dtype)
-    upper, lora_est = model_flops(parts, config, args.batch, args.seq)
+    matmul, matmul_size = measured_matmul_flops(device, DTYPES[tune.precision])
+    upper, lora_est = model_flops(parts, config, batch, seq)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else (peak_device_flops(name) if device.type == "cuda" else None)
     result |= {"step_seconds_median": step_s, "step_seconds": [round(t, 5) for t in times],
-               "tokens_per_s": args.batch * args.seq / step_s, "samples_per_s": args.batch / step_s,
+               "tokens_per_s": batch * seq / step_s, "samples_per_s": batch / step_s,
                "peak_memory_bytes": mem, "peak_memory_gib": round(mem / 2**30, 3), "peak_memory_source": how,
                "model_flops_per_step": upper, "model_flops_formula": UPPER_FORMULA,
                "achieved_tflops": upper / step_s / 1e12,
@@ -287,16 +348,18 @@ def main(argv=None) -> dict:
                "fraction_of_measured_matmul_lora": lora_est / step_s / matmul,
                "loss_first": losses[0], "loss_last": losses[-1]}
     mfu = f"MFU {result['mfu']:.1%} (LoRA-aware {result['mfu_lora']:.1%})" if peak else "MFU n/a (no peak FLOPs)"
-    print(f"{args.arch} on {name}, {args.dtype}, batch {args.batch} x {args.seq} tokens "
-          f"({config.image_seq_length} image tokens each), trainable {parts['trainable']:,} of {parts['total']:,}")
-    print(f"step {step_s * 1e3:.1f} ms (median of {len(times)}), {result['tokens_per_s']:,.0f} tokens/s, "
+    print(f"{args.arch} on {name} through reverie.student.train.train: {tune.precision}, global batch {batch} "
+          f"({result['accumulation_passes']} x {result['micro_batch']}) x {seq} tokens ({config.image_seq_length} image "
+          f"tokens each), checkpointing {tune.gradient_checkpointing}, trainable {parts['trainable']:,} of {parts['total']:,}")
+    print(f"step {step_s:.3f} s (median of {len(times)}), {result['tokens_per_s']:,.0f} tokens/s, "
           f"peak memory {result['peak_memory_gib']:.2f} GiB, {result['achieved_tflops']:.1f} TFLOP/s, {mfu}")
-    print(f"a {args.dtype} {matmul_size}x{matmul_size} matmul reaches {matmul / 1e12:.2f} TFLOP/s here: the step runs at "
-          f"{result['fraction_of_measured_matmul']:.1%} of it (LoRA-aware {result['fraction_of_measured_matmul_lora']:.1%})")
-    print(f"model FLOPs per step = {UPPER_FORMULA}")
+    print(f"a {tune.precision} {matmul_size}x{matmul_size} matmul reaches {matmul / 1e12:.2f} TFLOP/s here: the step runs "
+          f"at {result['fraction_of_measured_matmul']:.1%} of it (LoRA-aware {result['fraction_of_measured_matmul_lora']:.1%})")
+    print(f"model FLOPs per step = {UPPER_FORMULA} (recomputation by checkpointing not counted)")
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    sys.exit(1 if "error" in main() else 0)
+    out = main()
+    sys.exit(2 if out.get("gpu") is False and "error" in out else 1 if "error" in out else 0)

@@ -1,5 +1,5 @@
 """The Prefect flow: the DVC DAG stage by stage, DVC deciding what is up to date.
-`python -m flows.pipeline [--variants ..] [--seeds ..] [-S key=value ..]`.
+`python -m flows.pipeline [--variants ..] [--seeds ..] [--profile configs/X.yaml] [-S key=value ..]`.
 
 The flow asks DVC once which stages are stale and makes a task that runs `dvc repro` only for
 those; the others appear as tasks in the state Skipped. One flow run at a time drives a
@@ -192,9 +192,13 @@ def main() -> None:
     p.add_argument("--variants", nargs="+")
     p.add_argument("--seeds", nargs="+", type=int)
     p.add_argument("-S", "--set-param", action="append", default=[], help="params override, key=value")
+    p.add_argument("--profile", help="a params profile (configs/llava-1.5-7b.yaml): its overrides, then -S's")
     args = p.parse_args()
+    from reverie.orchestration import profile_overrides
+
+    overrides = (profile_overrides(args.profile) if args.profile else {}) | _parse_overrides(args.set_param)
     with served_prefect():
-        outcome = pipeline(args.variants, args.seeds, _parse_overrides(args.set_param))
+        outcome = pipeline(args.variants, args.seeds, overrides)
     print("\n".join(f"  {stage}: {state}" for stage, state in outcome.items()))
     report = Path("reports/report.md")
     if report.exists():

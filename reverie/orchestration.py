@@ -174,6 +174,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def profile_overrides(path: str | Path) -> dict:
+    """A profile (configs/*.yaml): params overrides as `dotted.key: value`, as `-S` takes them."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ValueError(f"{path}: expected a mapping of dotted params keys to values")
+    return data
+
+
 def apply_overrides(overrides: dict, params_path: str | Path = "params.yaml") -> None:
     """Writes `key.path: value` overrides into params.yaml, keeping its comments and layout,
     as `dvc exp run -S` does; validated first, so a typo changes nothing."""

@@ -214,7 +214,31 @@ class ModelSettings(Section):
     vocab_size: int = 1024
 
 
-class BaseTrainSettings(Section):
+class LoopSettings(Section):
+    """How the training loop runs (reverie/student/train.py), the same keys in `base` and `tune`.
+    The defaults are the tiny CPU run's: fp32, no checkpointing, the whole batch in one forward
+    pass, every image's pixels in memory."""
+
+    # samples per forward pass and process; batch_size stays the global batch of one optimizer
+    # step (accumulation over batch_size / (micro_batch_size * processes) passes). null: no accumulation
+    micro_batch_size: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 (or bf16 on a GPU without it) with a grad scaler
+    gradient_checkpointing: bool = False
+    max_length: int | None = Field(None, ge=2)  # tokens per sample; longer ones are cut at the end, masks alongside
+    # the run's images are held in memory as pixels when they fit in this many MB, else decoded
+    # per batch by a DataLoader with `dataloader_workers` processes (memory flat in dataset size)
+    image_cache_max_mb: float = Field(1024, ge=0)
+    dataloader_workers: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _micro_batch_fits(self):
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must not exceed batch_size "
+                             f"({self.batch_size}), the global batch of one optimizer step")
+        return self
+
+
+class BaseTrainSettings(LoopSettings):
     """The shared base: an alignment-like step on dense scene descriptions, trained once."""
 
     model: ModelSettings = ModelSettings()
@@ -260,7 +284,35 @@ class PromptSettings(Section):
         return v
 
 
-class TuneSettings(Section):
+class MixSettings(Section):
+    """A LLaVA-format conversation file (llava_v1_5_mix665k.json) mixed into every tuning run,
+    the paper's recipe. Off while `path` is null. Both paths lie under `mix/`, the folder the
+    tune stage declares as a DVC dependency (dvc.yaml), so a changed file or image reruns it."""
+
+    path: str | None = None           # e.g. mix/llava_v1_5_mix665k.json
+    images_root: str | None = None    # what its `image` fields are relative to, e.g. mix/images
+    fraction: float | None = Field(None, gt=0, le=1)  # of the file's usable conversations, or
+    count: int | None = Field(None, ge=1)              # this many (a fixed seeded choice, the same for every run)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.path is None:
+            if self.images_root is not None or self.fraction is not None or self.count is not None:
+                raise ValueError("tune.mix: set path (the conversation file) or leave the whole section null")
+            return self
+        if self.images_root is None:
+            raise ValueError("tune.mix.images_root is required with tune.mix.path")
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("tune.mix: set exactly one of fraction and count")
+        for key in ("path", "images_root"):
+            parts = Path(getattr(self, key)).parts
+            if Path(getattr(self, key)).is_absolute() or not parts or parts[0] != "mix" or ".." in parts:
+                raise ValueError(f"tune.mix.{key} must lie under mix/ (put the file or a symlink there): "
+                                 f"dvc.yaml declares that folder as the tune stage's dependency")
+        return self
+
+
+class TuneSettings(LoopSettings):
     variants: list[Variant] = list(VARIANTS)
     seeds: list[int] = [0, 1, 2]
     prompts: PromptSettings = PromptSettings()
@@ -272,6 +324,7 @@ class TuneSettings(Section):
     weight_decay: float = 0.0
     checkpoint_every: int = Field(100, ge=1)
     quick_eval_images: int = Field(100, ge=0)
+    mix: MixSettings = MixSettings()
 
 
 def _relative_inside(path: str) -> str:

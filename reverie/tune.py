@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ from .world import image_relpath, load_scenes, partner_map
 from .student.base import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
 from .student.samples import ChatEncoder, build_variant, to_llava_json
-from .student.train import ImageTable, TrainConfig, checkpoint_dir, remove_checkpoints, train
+from .student.train import ImageTable, TrainConfig, checkpoint_dir, image_source, remove_checkpoints, train
 from .tracking import RUN_ID_FILE, RunLogger, project_run
 
 
@@ -49,10 +49,11 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
     samples = encoder.encode_all(conversations)
-    images = ImageTable(processor, data_dir, [s.image for s in samples])
+    images = image_source(processor, data_dir, [s.image for s in samples], base.image_cache_max_mb,
+                          base.dataloader_workers)
     cfg = TrainConfig(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, warmup_fraction=base.warmup_fraction,
                       weight_decay=base.weight_decay, seed=base.seed, checkpoint_every=base.checkpoint_every,
-                      loss_normalization="sample", min_lr_fraction=base.min_lr_fraction)
+                      loss_normalization="sample", min_lr_fraction=base.min_lr_fraction, **loop_settings(base))
     ckpt_dir = checkpoint_dir(state_dir, "base", samples, params.base.model_dump(), params.world.model_dump())
     logger = _logger(params, "base", {"variant": "base", "seed": str(base.seed), "dvc.stage": "base"})
     logger.log_params({"base": params.base.model_dump(), "world": params.world.model_dump()})
@@ -155,6 +156,34 @@ def _logger(params, name: str, tags: dict, run_id: str | None = None) -> RunLogg
     return project_run(params, name, tags, run_id)
 
 
+def loop_settings(section) -> dict:
+    """The training loop's keys of a `base` or `tune` section (settings.LoopSettings) for TrainConfig."""
+    return {"micro_batch_size": section.micro_batch_size, "precision": section.precision,
+            "gradient_checkpointing": section.gradient_checkpointing, "max_length": section.max_length}
+
+
+def mix_conversations(mix) -> tuple[list, dict]:
+    """The `tune.mix` share of a LLaVA-format conversation file, read by the project's LLaVA
+    import (data_import.import_llava: rows without an image or with a missing one are set
+    aside with their reason). Every answer turn is a response target, so the loss falls on the
+    assistant's tokens exactly as for the variant's own samples. The choice is seeded once
+    (not by the run's seed): every variant and seed trains on the same mix."""
+    import random
+
+    from .data_import import import_llava, safe_image_path
+
+    conversations, quarantined = import_llava(mix.path, mix.images_root)
+    n = len(conversations)
+    k = min(n, mix.count) if mix.count is not None else round(mix.fraction * n)
+    chosen = sorted(random.Random(0).sample(range(n), k))
+    # absolute image paths: the mix's images have their own root, apart from the variant's data
+    picked = [replace(conversations[i], image=str(safe_image_path(mix.images_root, conversations[i].image).resolve()))
+              for i in chosen]
+    if quarantined:
+        print(f"[tune] {mix.path}: {len(quarantined)} row(s) set aside, first: {quarantined[0]['reason']}")
+    return picked, {"mix_conversations": k, "mix_available": n, "mix_set_aside": len(quarantined)}
+
+
 def apply_lora(model, lora):
     """LoRA on the language model; the projector is trained in full (LLaVA-1.5's recipe)."""
     from peft import LoraConfig, get_peft_model
@@ -177,13 +206,18 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     tune = params.tune
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    model, processor = load_student(base_dir)
+    # with LoRA the frozen model may sit in the autocast's half precision (a 7B model: 14 GB, not
+    # 28); train() keeps the trained weights (adapters, projector) in fp32
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tune.precision) if tune.lora.enabled else None
+    model, processor = load_student(base_dir, dtype=half)
     tokenizer = processor.tokenizer
     records = read_jsonl(Path(split_dir) / "train.jsonl")
     conversations = build_variant(records, variant, tune.prompts)
+    mixed, mix_counts = mix_conversations(tune.mix) if tune.mix.path else ([], {})
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
-    samples = encoder.encode_all(conversations)
-    images = ImageTable(processor, data_dir, [s.image for s in samples])
+    samples = encoder.encode_all(conversations + mixed)
+    images = image_source(processor, data_dir, [s.image for s in samples], tune.image_cache_max_mb,
+                          tune.dataloader_workers)
     if tune.lora.enabled:
         model = apply_lora(model, tune.lora)
     else:
@@ -192,7 +226,7 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     cfg = TrainConfig(epochs=tune.epochs, batch_size=tune.batch_size, lr=tune.lr, warmup_fraction=tune.warmup_fraction,
                       weight_decay=tune.weight_decay, seed=seed, checkpoint_every=tune.checkpoint_every,
-                      max_steps=max_steps)
+                      max_steps=max_steps, **loop_settings(tune))
     name = run_name(variant, seed)
     # the matrix's lists (tune.variants, tune.seeds) say which runs exist, not how this one runs
     settings = tune.model_dump(exclude={"variants", "seeds"})
@@ -205,9 +239,9 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
         result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir,
                        on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc=name)
         token_counts = {kind: 0 for kind in ("response", "positive", "negative")}
-        for c, s in zip(conversations, samples):
-            token_counts[c.kind] += len(s.input_ids)
-        metrics = result.metrics | {"variant": variant, "seed": seed, "trainable_parameters": trainable,
+        for c, s in zip(conversations + mixed, samples):
+            token_counts[c.kind] = token_counts.get(c.kind, 0) + len(s.input_ids)
+        metrics = result.metrics | mix_counts | {"variant": variant, "seed": seed, "trainable_parameters": trainable,
                                     "tokens": sum(token_counts.values()), "tokens_by_kind": token_counts,
                                     "environment": environment()}
         if loss_csv and is_main_process():

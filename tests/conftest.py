@@ -82,7 +82,7 @@ def make_project(dest: Path, params: dict) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, dest / name)
-    for name in ("stages", "flows"):
+    for name in ("stages", "flows", "mix"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     # evaluate's dependency on the real benchmark files (evaluate.suites.root): its README alone
     (dest / "eval_data").mkdir()

@@ -1,6 +1,13 @@
 """The training loop: length-grouped batches, exact loss masks, separate response and
 rationale losses, checkpoints that resume bit for bit, and several processes through
 `accelerate launch` / `torchrun` without code changes.
+
+For real models the same loop takes mixed precision (bf16 autocast; fp16 with a gradient
+scaler where bf16 is missing), gradient checkpointing, gradient accumulation (a global batch
+of `batch_size` samples, `micro_batch_size` per forward pass and process), a maximum length
+(samples cut at the end, masks cut alongside) and images decoded per batch by a DataLoader's
+workers (`ImageStream`) instead of held in memory (`ImageTable`). The defaults are the tiny
+CPU run's: fp32, no checkpointing, one forward pass per step, every image in memory.
 """
 from __future__ import annotations
 
@@ -11,7 +18,8 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +41,12 @@ class TrainConfig:
     loss_normalization: str = "token"  # "token": mean over target tokens; "sample": mean of per-sample means
     min_lr_fraction: float = 0.1
     max_steps: int | None = None  # stop early (tests, kill simulations); the schedule is unchanged
+    # samples per forward pass and process; the gradients of a step's passes are summed before
+    # the optimizer step (accumulation). None: the process's whole share of the batch at once
+    micro_batch_size: int | None = None
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype; trainable weights stay fp32
+    gradient_checkpointing: bool = False
+    max_length: int | None = None  # tokens per sample; longer ones are cut at the end (see truncate)
 
 
 @dataclass
@@ -83,23 +97,122 @@ def length_grouped_batches(lengths: list[int], batch_size: int, epochs: float, s
     return batches[:total]
 
 
+def _open_rgb(root: Path, rels: list[str]) -> list:
+    from PIL import Image
+
+    pils = []
+    for rel in rels:
+        with Image.open(root / rel) as im:  # an absolute `rel` (a mix's image) ignores the root
+            pils.append(im.convert("RGB"))
+    return pils
+
+
 class ImageTable:
-    """All pixel tensors of the run, computed once by the model's image processor."""
+    """All pixel tensors of the run, computed once by the model's image processor: the fast
+    path for small image sets (the tiny default's are a few MB)."""
 
     def __init__(self, processor, root: str | Path, images: list[str]):
-        from PIL import Image
-
         self.index = {rel: i for i, rel in enumerate(sorted(set(images)))}
-        pils = []
-        for rel in self.index:
-            with Image.open(Path(root) / rel) as im:
-                pils.append(im.convert("RGB"))
+        pils = _open_rgb(Path(root), list(self.index))
         chunks = [processor.image_processor(pils[i:i + 512], return_tensors="pt")["pixel_values"]
                   for i in range(0, len(pils), 512)]
         self.pixels = torch.cat(chunks) if chunks else torch.empty(0)
 
     def __call__(self, rels: list[str]) -> torch.Tensor:
         return self.pixels[[self.index[r] for r in rels]]
+
+    def batches(self, rel_lists: list[list[str]]):
+        return (self(rels) for rels in rel_lists)
+
+
+class _StepImages(torch.utils.data.Dataset):
+    """Item i: the pixels of the i-th batch's images, decoded and processed in a worker."""
+
+    def __init__(self, image_processor, root: Path, rel_lists: list[list[str]]):
+        self.image_processor, self.root, self.rel_lists = image_processor, root, rel_lists
+
+    def __len__(self) -> int:
+        return len(self.rel_lists)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.image_processor(_open_rgb(self.root, self.rel_lists[i]), return_tensors="pt")["pixel_values"]
+
+
+class ImageStream:
+    """Pixels decoded and processed per batch by a torch DataLoader with `workers` processes
+    (0: in this process), `prefetch` batches ahead: memory flat in the number of images."""
+
+    def __init__(self, processor, root: str | Path, workers: int = 2, prefetch: int = 2):
+        self.image_processor, self.root = processor.image_processor, Path(root)
+        self.workers, self.prefetch = workers, prefetch
+
+    def __call__(self, rels: list[str]) -> torch.Tensor:
+        return _StepImages(self.image_processor, self.root, [rels])[0]
+
+    def batches(self, rel_lists: list[list[str]]):
+        loader = torch.utils.data.DataLoader(_StepImages(self.image_processor, self.root, rel_lists), batch_size=None,
+                                             shuffle=False, num_workers=self.workers,
+                                             prefetch_factor=self.prefetch if self.workers else None)
+        return iter(loader)
+
+
+def image_source(processor, root: str | Path, images: list[str], cache_max_mb: float, workers: int):
+    """An `ImageTable` when the run's distinct images fit in `cache_max_mb` of pixels (the tiny
+    default: fast, computed once), else an `ImageStream` (LLaVA's 665k images at 336 px: ~100 GB)."""
+    unique = sorted(set(images))
+    if unique:
+        one = ImageStream(processor, root, 0)([unique[0]])
+        if one.element_size() * one.numel() * len(unique) <= cache_max_mb * 2**20:
+            return ImageTable(processor, root, images)
+    return ImageStream(processor, root, workers)
+
+
+def truncate(samples: list[Encoded], max_length: int, image_token_id: int | None) -> tuple[list[Encoded], dict]:
+    """Samples cut to `max_length` tokens at the end, their labels and target kinds cut alongside
+    (a cut answer keeps the loss on its first tokens; nothing is shifted). A cut into the image's
+    tokens is an error: the model needs all of them. Also the counts: samples cut, tokens cut,
+    samples left without a target token (they stay in their batch and add no loss)."""
+    out, cut, cut_tokens, empty = [], 0, 0, 0
+    for s in samples:
+        if len(s.input_ids) <= max_length:
+            out.append(s)
+            continue
+        if image_token_id is not None and image_token_id in s.input_ids[max_length:]:
+            raise ValueError(f"max_length {max_length} cuts into the image tokens of a sample ({s.image}): "
+                             f"it must be longer than the prompt's image tokens")
+        kept = replace(s, input_ids=s.input_ids[:max_length], labels=s.labels[:max_length],
+                       targets=s.targets[:max_length])
+        cut, cut_tokens = cut + 1, cut_tokens + len(s.input_ids) - max_length
+        empty += all(label == IGNORE for label in kept.labels[1:])
+        out.append(kept)
+    return out, {"truncated_samples": cut, "truncated_tokens": cut_tokens, "samples_without_targets": empty}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `precision` on `device`; bf16 falls back to fp16 (with a gradient
+    scaler) on a GPU without bf16 (before Ampere). None: fp32, no autocast."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            print("[train] this GPU has no bf16: fp16 autocast with a gradient scaler instead")
+            return torch.float16
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass. Non-reentrant: it works with the frozen
+    embeddings LoRA leaves (no input needs a gradient)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
 
 
 def collate(samples: list[Encoded], pad_id: int, pad_left: bool = False):
@@ -137,10 +250,13 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, pad_id: int,
+def train(model, samples: list[Encoded], images, cfg: TrainConfig, pad_id: int,
           checkpoint_dir: str | Path | None = None, on_log: Callable[[int, dict], None] | None = None,
           log_every: int = 10, progress: bool = True, desc: str = "train",
           batches: list[list[int]] | None = None) -> TrainResult:
+    """Trains `model` on `samples` (`images`: an ImageTable, an ImageStream, or any callable from
+    image paths to pixels). One step is one optimizer step over a batch of `cfg.batch_size`
+    samples; checkpoints fall only between steps, never inside an accumulation."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # the vision tower's pooler never reaches the loss (LLaVA reads a hidden layer), so DDP
@@ -148,19 +264,43 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     rank, world = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
     torch.manual_seed(cfg.seed)
+    truncation = {"truncated_samples": 0, "truncated_tokens": 0, "samples_without_targets": 0}
+    if cfg.max_length:
+        samples, truncation = truncate(samples, cfg.max_length, getattr(model.config, "image_token_id", None))
+        if truncation["truncated_samples"] and accelerator.is_main_process:
+            print(f"[{desc}] max_length {cfg.max_length}: {truncation['truncated_samples']} of {len(samples)} samples "
+                  f"cut ({truncation['truncated_tokens']} tokens), {truncation['samples_without_targets']} left "
+                  f"without a target token")
     if batches is None:
         batches = length_grouped_batches([len(s.input_ids) for s in samples], cfg.batch_size, cfg.epochs, cfg.seed)
     total = len(batches)
+    half = autocast_dtype(cfg.precision, device)
+    if half is not None:
+        for p in model.parameters():  # the optimizer updates fp32 weights; frozen ones may stay in half
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, cfg.warmup_fraction, cfg.min_lr_fraction))
     model, optimizer = accelerator.prepare(model, optimizer)
     progress_state = _Progress()
     accelerator.register_for_checkpointing(scheduler, progress_state)
+    scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
+    if scaler is not None:
+        accelerator.register_for_checkpointing(scaler)  # its loss scale resumes with the weights
+    autocast = (lambda: torch.autocast(device.type, dtype=half)) if half is not None else nullcontext
     _checkpoint_trainable_weights_only(accelerator)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     start, history = _resume(accelerator, progress_state, ckpt, total, desc)
+    end = total if cfg.max_steps is None else max(start, min(total, cfg.max_steps))
+    local = slice(rank, None, world)
+    # this process's images of every step to run, decoded ahead by the image source's workers
+    pixel_batches = _pixel_batches(images, [[samples[i].image for i in batches[step]][local]
+                                            for step in range(start, end)])
 
     model.train()
     sums = {"tokens": 0, "padded": 0, "samples": 0}
@@ -170,45 +310,66 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
     bar = tqdm(range(start, total), desc=desc, unit="step", disable=not (progress and accelerator.is_main_process),
                mininterval=2.0, initial=start, total=total)
     for step in bar:
-        if cfg.max_steps is not None and step >= cfg.max_steps:
+        if step >= end:
             break
         batch = [samples[i] for i in batches[step]]
         ids, labels, targets, mask = collate(batch, pad_id)
         global_targets = (labels[:, 1:] != IGNORE).sum().item()
-        local = slice(rank, None, world)
         ids, labels, targets, mask = ids[local], labels[local], targets[local], mask[local]
-        pixels = images([s.image for s in batch][local])
-        device = accelerator.device
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixels.to(device))
-        logits = out.logits[:, :-1].float()
-        tgt = labels[:, 1:].to(device)
-        kinds = targets[:, 1:].to(device)
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                               ignore_index=IGNORE, reduction="none").view(tgt.shape)
-        valid = (tgt != IGNORE).float()
-        if cfg.loss_normalization == "sample":
-            per_sample = (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
-            loss = per_sample.sum() / len(batch) * world
+        pixels = next(pixel_batches)
+        n = len(ids)
+        micro = min(n, cfg.micro_batch_size or n) or 1
+        parts = list(range(0, n, micro))
+        sums_step = {"loss_sum": 0.0, "tokens": 0.0, "response_loss_sum": 0.0, "response_tokens": 0.0,
+                     "rationale_loss_sum": 0.0, "rationale_tokens": 0.0}
+        for k, lo in enumerate(parts):
+            part = slice(lo, lo + micro)
+            p_ids, p_labels, p_targets, p_mask = ids[part], labels[part], targets[part], mask[part]
+            if len(parts) > 1:  # right padding: the micro-batch's own width is enough
+                width = int(p_mask.sum(1).max())
+                p_ids, p_labels, p_targets, p_mask = (t[:, :width] for t in (p_ids, p_labels, p_targets, p_mask))
+            # gradients are exchanged once per step, after the last micro-batch
+            sync = accelerator.no_sync(model) if k < len(parts) - 1 else nullcontext()
+            with sync:
+                with autocast():
+                    out = model(input_ids=p_ids.to(device), attention_mask=p_mask.to(device),
+                                pixel_values=pixels[part].to(device))
+                logits = out.logits[:, :-1].float()
+                tgt = p_labels[:, 1:].to(device)
+                kinds = p_targets[:, 1:].to(device)
+                ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                       ignore_index=IGNORE, reduction="none").view(tgt.shape)
+                valid = (tgt != IGNORE).float()
+                # normalised by the whole step's batch, so the micro-batches' gradients add up to the batch's
+                if cfg.loss_normalization == "sample":
+                    per_sample = (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+                    loss = per_sample.sum() / len(batch) * world
+                else:
+                    loss = (ce * valid).sum() / max(1, global_targets) * world
+                accelerator.backward(scaler.scale(loss) if scaler is not None else loss)
+            with torch.no_grad():
+                resp, rat = (kinds == RESPONSE).float(), (kinds == RATIONALE).float()
+                sums_step["loss_sum"] += (ce * valid).sum().item()
+                sums_step["tokens"] += valid.sum().item()
+                sums_step["response_loss_sum"] += (ce * resp).sum().item()
+                sums_step["response_tokens"] += resp.sum().item()
+                sums_step["rationale_loss_sum"] += (ce * rat).sum().item()
+                sums_step["rationale_tokens"] += rat.sum().item()
+            sums["tokens"] += int(p_mask.sum())
+            sums["padded"] += p_mask.numel()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
         else:
-            loss = (ce * valid).sum() / max(1, global_targets) * world
-        accelerator.backward(loss)
-        optimizer.step()
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         completed = step + 1
 
-        with torch.no_grad():
-            resp, rat = (kinds == RESPONSE).float(), (kinds == RATIONALE).float()
-            record = {
-                "step": step + 1,
-                "loss": (ce * valid).sum().item() / max(1.0, valid.sum().item()),
-                "response_loss_sum": (ce * resp).sum().item(), "response_tokens": resp.sum().item(),
-                "rationale_loss_sum": (ce * rat).sum().item(), "rationale_tokens": rat.sum().item(),
-                "lr": scheduler.get_last_lr()[0],
-            }
-        sums["tokens"] += int(mask.sum())
-        sums["padded"] += mask.numel()
-        sums["samples"] += len(ids)
+        record = {"step": step + 1, "loss": sums_step["loss_sum"] / max(1.0, sums_step["tokens"]),
+                  **{k: v for k, v in sums_step.items() if k.startswith(("response", "rationale"))},
+                  "lr": scheduler.get_last_lr()[0]}
+        sums["samples"] += n
         window.append(record)
         if (step + 1) % log_every == 0 or step + 1 == total:
             entry = _summarise(window, step + 1)
@@ -239,11 +400,20 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
         "train_seconds": elapsed,
         "processes": world,
         "resumed_from": start,  # the step of the checkpoint this run went on from (0: from the start)
+        **truncation,
     }
     if ckpt and done < total:
         _save_checkpoint(accelerator, progress_state, done, history, ckpt)
     state_dict = accelerator.get_state_dict(model) if done == total else None  # collective: every rank calls it
     return TrainResult(done, metrics, history, state_dict if accelerator.is_main_process else None)
+
+
+def _pixel_batches(images, rel_lists: list[list[str]]):
+    """The pixels of each list of image paths, in order: by the source's own `batches` (an
+    ImageStream decodes ahead in workers) or, for a plain callable, one call per list."""
+    if hasattr(images, "batches"):
+        return iter(images.batches(rel_lists))
+    return (images(rels) for rels in rel_lists)
 
 
 def _summarise(window: list[dict], step: int) -> dict:
