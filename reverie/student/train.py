@@ -118,6 +118,19 @@ def collate(samples: list[Encoded], pad_id: int, pad_left: bool = False):
     return ids, labels, targets, mask
 
 
+def target_token_losses(model, ids, mask, pixels, labels, targets):
+    """The cross-entropy of every trained token, with (row, kind) of each. Logits are computed
+    only at the positions that predict a trained token (transformers' boolean `logits_to_keep`):
+    image, prompt and padding positions never are, and in a tune batch they are three quarters
+    of the positions, whose vocabulary projection and softmax were a fifth of a step."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, logits_to_keep=keep)
+    logits = out.logits.float()  # (kept positions, vocabulary), row by row in the batch's order
+    ce = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]], reduction="none")
+    return ce, keep.nonzero()[:, 0], targets[:, 1:][keep[:, :-1]]
+
+
 def lr_lambda(total_steps: int, warmup_fraction: float, min_fraction: float) -> Callable[[int], float]:
     warmup = max(1, int(total_steps * warmup_fraction))
 
@@ -179,18 +192,15 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
         ids, labels, targets, mask = ids[local], labels[local], targets[local], mask[local]
         pixels = images([s.image for s in batch][local])
         device = accelerator.device
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixels.to(device))
-        logits = out.logits[:, :-1].float()
-        tgt = labels[:, 1:].to(device)
-        kinds = targets[:, 1:].to(device)
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                               ignore_index=IGNORE, reduction="none").view(tgt.shape)
-        valid = (tgt != IGNORE).float()
+        ce, rows, kinds = target_token_losses(model, ids.to(device), mask.to(device), pixels.to(device),
+                                              labels.to(device), targets.to(device))
         if cfg.loss_normalization == "sample":
-            per_sample = (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+            n = len(ids)
+            counts = torch.bincount(rows, minlength=n).clamp(min=1)
+            per_sample = torch.zeros(n, device=ce.device, dtype=ce.dtype).index_add(0, rows, ce) / counts
             loss = per_sample.sum() / len(batch) * world
         else:
-            loss = (ce * valid).sum() / max(1, global_targets) * world
+            loss = ce.sum() / max(1, global_targets) * world
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
@@ -201,7 +211,7 @@ def train(model, samples: list[Encoded], images: ImageTable, cfg: TrainConfig, p
             resp, rat = (kinds == RESPONSE).float(), (kinds == RATIONALE).float()
             record = {
                 "step": step + 1,
-                "loss": (ce * valid).sum().item() / max(1.0, valid.sum().item()),
+                "loss": ce.sum().item() / max(1, len(ce)),
                 "response_loss_sum": (ce * resp).sum().item(), "response_tokens": resp.sum().item(),
                 "rationale_loss_sum": (ce * rat).sum().item(), "rationale_tokens": rat.sum().item(),
                 "lr": scheduler.get_last_lr()[0],
