@@ -231,6 +231,19 @@ def collate(samples: list[Encoded], pad_id: int, pad_left: bool = False):
     return ids, labels, targets, mask
 
 
+def target_token_losses(model, ids, mask, pixels, labels, targets):
+    """The cross-entropy of every trained token, with (row, kind) of each. Logits are computed
+    only at the positions that predict a trained token (transformers' boolean `logits_to_keep`):
+    image, prompt and padding positions never are, and in a tune batch they are three quarters
+    of the positions, whose vocabulary projection and softmax were a fifth of a step."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, logits_to_keep=keep)
+    logits = out.logits.float()  # (kept positions, vocabulary), row by row in the batch's order
+    ce = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]], reduction="none")
+    return ce, keep.nonzero()[:, 0], targets[:, 1:][keep[:, :-1]]
+
+
 def lr_lambda(total_steps: int, warmup_fraction: float, min_fraction: float) -> Callable[[int], float]:
     warmup = max(1, int(total_steps * warmup_fraction))
 
@@ -332,25 +345,21 @@ def train(model, samples: list[Encoded], images, cfg: TrainConfig, pad_id: int,
             sync = accelerator.no_sync(model) if k < len(parts) - 1 else nullcontext()
             with sync:
                 with autocast():
-                    out = model(input_ids=p_ids.to(device), attention_mask=p_mask.to(device),
-                                pixel_values=pixels[part].to(device))
-                logits = out.logits[:, :-1].float()
-                tgt = p_labels[:, 1:].to(device)
-                kinds = p_targets[:, 1:].to(device)
-                ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                                       ignore_index=IGNORE, reduction="none").view(tgt.shape)
-                valid = (tgt != IGNORE).float()
+                    ce, rows, kinds = target_token_losses(model, p_ids.to(device), p_mask.to(device),
+                                                          pixels[part].to(device), p_labels.to(device),
+                                                          p_targets.to(device))
                 # normalised by the whole step's batch, so the micro-batches' gradients add up to the batch's
                 if cfg.loss_normalization == "sample":
-                    per_sample = (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+                    counts = torch.bincount(rows, minlength=len(p_ids)).clamp(min=1)
+                    per_sample = torch.zeros(len(p_ids), device=ce.device, dtype=ce.dtype).index_add(0, rows, ce) / counts
                     loss = per_sample.sum() / len(batch) * world
                 else:
-                    loss = (ce * valid).sum() / max(1, global_targets) * world
+                    loss = ce.sum() / max(1, global_targets) * world
                 accelerator.backward(scaler.scale(loss) if scaler is not None else loss)
             with torch.no_grad():
                 resp, rat = (kinds == RESPONSE).float(), (kinds == RATIONALE).float()
-                sums_step["loss_sum"] += (ce * valid).sum().item()
-                sums_step["tokens"] += valid.sum().item()
+                sums_step["loss_sum"] += ce.sum().item()
+                sums_step["tokens"] += len(ce)
                 sums_step["response_loss_sum"] += (ce * resp).sum().item()
                 sums_step["response_tokens"] += resp.sum().item()
                 sums_step["rationale_loss_sum"] += (ce * rat).sum().item()
