@@ -187,19 +187,22 @@ def scienceqa_choice(answer: str, n_options: int) -> str | None:
     return letter if letter is not None and letter in LETTERS[:n_options] else None
 
 
+def accuracy_by_category(rows: list[dict], right: list[bool]) -> dict:
+    """{category: {accuracy, n}} over the rows that name a category."""
+    by_category: dict[str, list[bool]] = defaultdict(list)
+    for r, ok in zip(rows, right):
+        if r.get("category"):
+            by_category[r["category"]].append(ok)
+    return {category: {"accuracy": sum(oks) / len(oks), "n": len(oks)} for category, oks in sorted(by_category.items())}
+
+
 def score_scienceqa(rows: list[dict]) -> dict:
     """ScienceQA-IMG accuracy with LLaVA's strict parser (its IMG-Accuracy), per subject where
     the rows name one."""
     right = [scienceqa_choice(r["answer"], len(r["options"])) == r["label"] for r in rows]
     out: dict = {"accuracy": sum(right) / len(right) if right else 0.0, "n": len(rows),
                  "unparseable": sum(scienceqa_choice(r["answer"], len(r["options"])) is None for r in rows)}
-    by_category: dict[str, list[bool]] = defaultdict(list)
-    for r, ok in zip(rows, right):
-        if r.get("category"):
-            by_category[r["category"]].append(ok)
-    for category, oks in sorted(by_category.items()):
-        out[category] = {"accuracy": sum(oks) / len(oks), "n": len(oks)}
-    return out
+    return out | accuracy_by_category(rows, right)
 
 
 # ---- short answers ----------------------------------------------------------------------
@@ -223,13 +226,7 @@ def score_short_answers(rows: list[dict]) -> dict:
     """Accuracy overall and per category (count, color) where the rows name one."""
     right = [short_answer_correct(r["answer"], r["label"]) for r in rows]
     out: dict = {"accuracy": sum(right) / len(right) if right else 0.0, "n": len(right)}
-    by_category: dict[str, list[bool]] = defaultdict(list)
-    for r, ok in zip(rows, right):
-        if r.get("category"):
-            by_category[r["category"]].append(ok)
-    for category, oks in sorted(by_category.items()):
-        out[category] = {"accuracy": sum(oks) / len(oks), "n": len(oks)}
-    return out
+    return out | accuracy_by_category(rows, right)
 
 
 # ---- REVERIE-style held-out reasoning questions -----------------------------------------
