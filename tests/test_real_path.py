@@ -153,6 +153,7 @@ def write_suites(eval_data: Path) -> dict:
     """The four benchmarks in the layout eval_data/README.md gives, and their `evaluate.suites`."""
     write_pope(eval_data / "pope")
     write_mme(eval_data / "MME")
+    (eval_data / "mmbench").mkdir(parents=True, exist_ok=True)
     write_mmbench(eval_data / "mmbench" / "mmbench_dev_20230712.tsv")
     write_scienceqa(eval_data / "scienceqa")
     return {"root": "eval_data",
@@ -178,7 +179,7 @@ def real_path(tmp_path_factory):
                                       "eval_fraction": 0.25}},
         "base": {"model": {"pretrained": str(student)}},
         "tune": {"variants": ["pos_neg"], "seeds": [0], "epochs": 1, "batch_size": 8, "micro_batch_size": 4,
-                 "precision": "bf16", "gradient_checkpointing": True, "max_length": 96, "lr": 1e-3,
+                 "precision": "bf16", "gradient_checkpointing": True, "max_length": 64, "lr": 1e-3,
                  "image_cache_max_mb": 0, "dataloader_workers": 1,  # streamed by a DataLoader worker
                  "lora": {"r": 4, "alpha": 8},
                  "mix": {"path": "mix/llava_mix.json", "images_root": "mix/images", "count": 4}},
