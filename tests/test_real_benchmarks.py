@@ -189,6 +189,18 @@ def test_mmbench_test_split_has_no_answer_and_is_answered_not_scored(tmp_path):
     assert "mmbench.circular_accuracy" not in headline({"mmbench": scores})
 
 
+def test_every_real_item_names_its_image_by_absolute_path(tmp_path, monkeypatch):
+    """evaluate reads an item's image under the run's data root (data/); only an absolute path
+    escapes it. MMBench's decoded images once lay in a relative cache (the default
+    `.reverie/mmbench_images`) and were looked for under data/.reverie/."""
+    monkeypatch.chdir(tmp_path)
+    write_all(Path("suites"))
+    real = real_items(suites_params(Path("suites")).evaluate.suites)  # the default, relative cache
+    assert set(real) == {"pope", "mme", "mmbench", "scienceqa"}
+    for name, (items, _) in real.items():
+        assert items and all(Path(it.image).is_absolute() and Path(it.image).is_file() for it in items), name
+
+
 def test_mmbench_refuses_an_image_reference_to_a_row_that_is_not_there(tmp_path):
     path = write_mmbench(tmp_path / "mmbench.tsv")
     path.write_text(path.read_text().replace("\t8\tsource", "\t9\tsource", 1))

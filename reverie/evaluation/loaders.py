@@ -248,7 +248,10 @@ def load_mmbench(tsv: str | Path, cache_dir: str | Path, prompt: str = LETTER) -
     of rows sharing `index % 1e6`; an image cell is decoded only when it holds an image (a copy's
     cell may hold the index of the row whose image it shares); the test split has no `answer`
     (its items are answered and written out, not scored)."""
-    tsv, cache_dir = Path(tsv), Path(cache_dir)
+    # the decoded images are named by absolute path, as every loader names its images: evaluate
+    # reads an item's image under the run's data root, which an absolute path overrides (a
+    # relative cache, the default `.reverie/mmbench_images`, was looked for under data/)
+    tsv, cache_dir = Path(tsv), Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     csv.field_size_limit(1 << 30)
     problems = Problems(tsv)

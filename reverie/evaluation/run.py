@@ -104,8 +104,13 @@ def benchmark_items(params, data_dir: str | Path, split_dir: str | Path) -> tupl
     eval_scenes = sorted((s for s in scenes.values() if s.split == "eval"), key=lambda s: s.image_id)
     eval_records = read_jsonl(Path(split_dir) / "eval.jsonl")
     if settings.eval_images:
+        # the first `eval_images` held-out images: the scenes' or, without scene graphs (the
+        # released data, a teacher over photographs), the held-out records' own; capping by
+        # scenes alone there kept no record and left the reasoning benchmark empty
         eval_scenes = eval_scenes[: settings.eval_images]
-        keep = {image_relpath(s) for s in eval_scenes}
+        images = [image_relpath(s) for s in eval_scenes] if scenes else \
+            sorted({r["image"] for r in eval_records})[: settings.eval_images]
+        keep = set(images)
         eval_records = [r for r in eval_records if r["image"] in keep]
     seed = params.project.seed
     eval_items = build_all(train_scenes, eval_scenes, eval_records, params.world, settings, seed)
