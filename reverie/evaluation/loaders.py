@@ -139,11 +139,16 @@ def load_pope(jsonl: str | Path, image_dir: str | Path, split: str | None = None
     for line_no, row, label in _pope_labels(jsonl, problems):
         image = _image(image_dir, row["image"], problems, line_no)
         if image is not None:
-            question = ask(row["text"], prompt)
-            items.append(Item("pope", f"pope-{split}-{row['question_id']}", str(image), question, label,
-                              {"split": split, "source_id": row["question_id"], "llava_prompt": question}))
+            items.append(_pope_item(split, row, image, label, prompt))
     problems.check()
     return items
+
+
+def _pope_item(split: str, row: dict, image: Path, label: str, prompt: str) -> Item:
+    """One POPE question, from POPE's own file or LLaVA's question file alike."""
+    question = ask(row["text"], prompt)
+    return Item("pope", f"pope-{split}-{row['question_id']}", str(image), question, label,
+                {"split": split, "source_id": row["question_id"], "llava_prompt": question})
 
 
 def load_pope_llava(questions: str | Path, labels: dict[str, str | Path], image_dir: str | Path,
@@ -185,9 +190,7 @@ def load_pope_llava(questions: str | Path, labels: dict[str, str | Path], image_
                 continue
             image = _image(image_dir, row["image"], problems, line_no)
             if image is not None:
-                question = ask(row["text"], prompt)
-                items.append(Item("pope", f"pope-{split}-{qid}", str(image), question, label,
-                                  {"split": split, "source_id": row["question_id"], "llava_prompt": question}))
+                items.append(_pope_item(split, row, image, label, prompt))
     problems.check()
     return items
 
