@@ -57,7 +57,7 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	@mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 # Mutation testing (mutmut) of the modules that decide results, each against its own test
 # files, in scratch copies under .reverie/mutation/. Ends with one JSON line: killed, survived,

@@ -31,7 +31,8 @@ WORK = ROOT / ".reverie" / "mutation"
 
 # name: (files to mutate, tests that check them, mutant name globs or None for every mutant)
 MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
-    "scoring": (["reverie/evaluation/scoring.py"], ["tests/test_scoring.py"], None),
+    # the real benchmarks' scorers (MME, MMBench, ScienceQA) are checked in test_real_benchmarks
+    "scoring": (["reverie/evaluation/scoring.py"], ["tests/test_scoring.py", "tests/test_real_benchmarks.py"], None),
     "loaders": (["reverie/evaluation/loaders.py"], ["tests/test_benchmarks.py", "tests/test_real_benchmarks.py"], None),
     "pope_build": (["reverie/evaluation/suites.py"], ["tests/test_benchmarks.py"], ["*.x_pope__*", "*.x_object_statistics__*"]),
     "judge": (["reverie/teachers/judge.py", "reverie/teachers/annotated.py"],
