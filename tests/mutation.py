@@ -32,7 +32,8 @@ WORK = ROOT / ".reverie" / "mutation"
 # name: (files to mutate, tests that check them, mutant name globs or None for every mutant)
 MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     # the real benchmarks' scorers (MME, MMBench, ScienceQA) are checked in test_real_benchmarks
-    "scoring": (["reverie/evaluation/scoring.py"], ["tests/test_scoring.py", "tests/test_real_benchmarks.py"], None),
+    "scoring": (["reverie/evaluation/scoring.py"], ["tests/test_scoring.py", "tests/test_real_benchmarks.py",
+                                                   "tests/test_real_scorers.py"], None),
     "loaders": (["reverie/evaluation/loaders.py"], ["tests/test_benchmarks.py", "tests/test_real_benchmarks.py"], None),
     "pope_build": (["reverie/evaluation/suites.py"], ["tests/test_benchmarks.py"], ["*.x_pope__*", "*.x_object_statistics__*"]),
     "judge": (["reverie/teachers/judge.py", "reverie/teachers/annotated.py"],
@@ -46,6 +47,10 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                      None),
     "teacher_parsing": (["reverie/teachers/parsing.py"], ["tests/test_teacher_answers.py"], None),
 }
+# what tests read from the repository root besides reverie/ and tests/ (tests/conftest.py's
+# tiny params and project copies): without them a module's tests fail before any mutant runs
+PROJECT_FOLDERS = ("stages", "flows", "mix", "eval_data", "configs")
+PROJECT_FILES = ("params.yaml", "dvc.yaml", ".gitignore", "prefect.toml")
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 SURVIVED = {"survived", "no tests"}
 
@@ -55,10 +60,15 @@ def scratch_copy(name: str, files: list[str], tests: list[str]) -> Path:
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("reverie", "tests"):
+    for folder in ("reverie", "tests", *PROJECT_FOLDERS):
         shutil.copytree(ROOT / folder, where / folder, ignore=ignore)
+    for file in PROJECT_FILES:
+        shutil.copy(ROOT / file, where / file)
     mutmut = {"source_paths": ["reverie"], "only_mutate": files, "pytest_add_cli_args_test_selection": tests,
-              "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-x"], "use_git_change_detection": False}
+              "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-x"], "use_git_change_detection": False,
+              # mutmut runs the tests in its own copy (mutants/), which holds only reverie/ and tests/
+              # unless told; the tests that build a project read these from the repository root
+              "also_copy": [*PROJECT_FOLDERS, *PROJECT_FILES]}
     lines = ["[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in mutmut.items()]
     lines += ["", "[tool.pytest.ini_options]", 'testpaths = ["tests"]']
     (where / "pyproject.toml").write_text("\n".join(lines) + "\n")
@@ -85,6 +95,9 @@ def measure(name: str, globs: list[str] | None, children: int) -> dict:
         found = re.match(r"\s+(\S+__mutmut_\d+): (.+)$", line)
         if found and (not globs or any(_glob_match(found.group(1), g) for g in globs)):
             statuses[found.group(1)] = found.group(2).strip()
+    if statuses and all(s == "not checked" for s in statuses.values()):
+        raise SystemExit(f"[mutation] {name}: no mutant was run: the unmutated tests fail in the scratch copy; "
+                         f"see {where / 'mutmut.log'}")
     killed = sum(s in KILLED for s in statuses.values())
     survived = [m for m, s in statuses.items() if s in SURVIVED]
     counted = killed + len(survived)
@@ -110,6 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("modules", nargs="*", choices=[[], *MODULES], help="default: all")
     p.add_argument("--mutants", nargs="+", help="mutant name globs (with one module)")
     p.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--goal", type=float, default=0.80, help="exit 1 when a module's score is below it")
     args = p.parse_args(argv)
     names = args.modules or list(MODULES)
     if args.mutants and len(names) != 1:
@@ -128,7 +142,10 @@ def main(argv=None) -> int:
     total = {"killed": killed, "survived": survived, "score": round(killed / (killed + survived), 4) if killed + survived else None,
              "modules": per_module}
     print(json.dumps(total))
-    return 0
+    below = [name for name, m in per_module.items() if m["score"] is None or m["score"] < args.goal]
+    if below:
+        print(f"[mutation] below the goal of {args.goal:.0%} killed: {', '.join(below)}", file=sys.stderr)
+    return 1 if below else 0
 
 
 if __name__ == "__main__":
