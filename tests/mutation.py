@@ -34,7 +34,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     # the real benchmarks' scorers (MME, MMBench, ScienceQA) are checked in test_real_benchmarks
     "scoring": (["reverie/evaluation/scoring.py"], ["tests/test_scoring.py", "tests/test_real_benchmarks.py",
                                                    "tests/test_real_scorers.py"], None),
-    "loaders": (["reverie/evaluation/loaders.py"], ["tests/test_benchmarks.py", "tests/test_real_benchmarks.py"], None),
+    "loaders": (["reverie/evaluation/loaders.py"], ["tests/test_benchmarks.py", "tests/test_real_benchmarks.py",
+                                                   "tests/test_real_loaders.py"], None),
     "pope_build": (["reverie/evaluation/suites.py"], ["tests/test_benchmarks.py"], ["*.x_pope__*", "*.x_object_statistics__*"]),
     "judge": (["reverie/teachers/judge.py", "reverie/teachers/annotated.py"],
               ["tests/test_judge.py", "tests/test_annotations.py"], None),

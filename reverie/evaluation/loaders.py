@@ -320,7 +320,7 @@ def load_mmbench(tsv: str | Path, cache_dir: str | Path, prompt: str = LETTER) -
                 break
             options.append(str(row[letter]))
         answer = (row.get("answer") or "").strip() if labelled else ""
-        if labelled and answer not in LETTERS[: len(options)]:
+        if labelled and answer not in tuple(LETTERS[: len(options)]):  # letters, not a substring: "" or "AB" is none
             problems.add(line, f"answer {answer!r} is not the letter of one of its {len(options)} options")
             continue
         image = image_of(index)
