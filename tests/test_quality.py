@@ -180,3 +180,49 @@ def test_a_corrupt_image_is_quarantined_with_its_reason(good):
     assert bad == {r["id"] for r in rows if r["image"].endswith("img3.png") and r["split"] == "train"} == {"r3", "r7", "r11", "r15"}
     assert all(q["reason"] == "quality: image_decodes" for q in result.quarantined)
     assert not bad & set(result.clean["id"])
+
+
+def test_the_validation_result_and_data_docs_name_every_rule(good, tmp_path_factory):
+    """What validate publishes: reports/validation.json (the GX result) names each expectation's
+    rule and says what it checks; the data docs hold the suite and this validation."""
+    root, rows = good
+    rows = copy.deepcopy(rows)
+    rows[2].update(correct_answer="blue")  # answers_differ fails: the docs show a failing rule too
+    docs = tmp_path_factory.mktemp("docs") / "data_docs"
+    result = run_suite(rows, SETTINGS, root, docs_dir=docs)
+    gx = result.gx_result
+    assert gx["suite_name"] == "reverie_records" and gx["success"] is False
+    notes = {r["expectation_config"]["meta"]["rule"]: r["expectation_config"]["meta"]["notes"] for r in gx["results"]}
+    assert notes == {
+        "fields_present": "the published fields and id are present and non-empty",
+        "question_length_ok": "question length within bounds",
+        "answer_length_ok": "answer lengths within bounds",
+        "rationale_length_ok": "rationale lengths within bounds",
+        "answers_differ": "the correct answer differs from the confusing one",
+        "choice_answer_in_options": "multiple-choice answers name one of the options",
+        "yes_no_answers_are_yes_no": "yes/no questions have yes/no answers",
+        "rationale_not_answer_copy": "a rationale is not a copy of its answer",
+        "question_type_known": "the question type is one of the four formats",
+        "image_decodes": "the image exists under the data root and decodes",
+        "ids_unique": "record ids are unique",
+        "no_image_in_both_splits": "no image appears in both the train and the eval split",
+        "enough_records": "at least 4 records",
+        "all_question_types_present": "each of the four question types is present",
+        "question_type_share": "each question type is at least 5% of the train records",
+    }
+    failing = [r for r in gx["results"] if not r["success"]]
+    assert [r["expectation_config"]["meta"]["rule"] for r in failing] == ["answers_differ"]
+    # SUMMARY results: the failing rows' values are listed (one bad row of 20)
+    assert failing[0]["result"]["unexpected_count"] == 1 and failing[0]["result"]["partial_unexpected_list"] == [False]
+    # the data docs: an index, the suite's page and one validation page under the suite's name
+    assert (docs / "index.html").is_file() and (docs / "expectations" / "reverie_records.html").is_file()
+    [page] = (docs / "validations" / "reverie_records").rglob("*.html")
+    assert "rule_answers_differ" in page.read_text() and page.name == "records-filtered_records.html"
+
+
+def test_without_a_docs_folder_no_data_docs_are_written(good, tmp_path_factory, monkeypatch):
+    root, rows = good
+    where = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(where)
+    assert run_suite(rows, SETTINGS, root).success
+    assert list(where.iterdir()) == []
