@@ -261,3 +261,28 @@ def test_generate_uses_the_annotations_and_their_images(tmp_path, coco):
     assert result.raw and {r["provenance"]["teacher"] for r in result.raw} == {"scene_graph_annotations"}
     assert result.metrics["skipped_crowd_region"] == 1 and result.metrics["train_images"] + result.metrics["eval_images"] == 2
     assert not (tmp_path / "data" / "images" / "train" / "train-000000.png").exists()  # no synthetic world
+
+
+def test_a_wrong_description_keeps_a_kind_of_several_words_and_flips_the_size_only():
+    """Teacher noise on annotated scenes: a wrong "correct" description of an object swaps its
+    size and keeps its colour and its whole kind ("traffic light", not "light")."""
+    kinds, colors = ["traffic light", "fire hydrant", "cup", "stop sign"], ["red", "green", "blue", "yellow"]
+    partners = {"traffic light": "stop sign", "stop sign": "traffic light", "cup": "fire hydrant", "fire hydrant": "cup"}
+    scenes = []
+    for i in range(30):
+        cells = [(0, 0), (1, 2), (2, 1)]
+        objects = [SceneObject(j, kinds[(i + j) % 4], colors[(i + 2 * j) % 4], ("small", "large")[(i + j) % 2], r, c,
+                               (0, 0, 1, 1)) for j, (r, c) in enumerate(cells)]
+        scenes.append(Scene(f"img{i}", "train", 96, 96, 3, objects))
+    teacher = AnnotatedSceneTeacher(kinds, colors, partners, "v1",
+                                    generate=GenerateSettings(questions_per_image=8, noise_rate=1.0), seed=5)
+    described = 0
+    for scene, record in ((s, r) for s in scenes for r in teacher.records_for_scene(s)):
+        m = re.match(r"Describe the object at the (.+)\.", record["question"])
+        if not m or record["provenance"]["injected_error"] != "wrong_answer":
+            continue
+        [obj] = [o for o in scene.objects if position_name(o.row, o.col, 3) == m.group(1)]
+        flipped = "small" if obj.size == "large" else "large"
+        assert record["correct_answer"] == f"a {flipped} {obj.color} {obj.kind}"
+        described += 1
+    assert described >= 3
