@@ -80,7 +80,7 @@ def tiny_params(tmp_path):
 def make_project(dest: Path, params: dict) -> Path:
     """A runnable copy of the project (code, dvc.yaml, tiny params) in its own git+dvc repo."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
     for name in ("stages", "flows", "mix"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

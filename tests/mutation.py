@@ -51,7 +51,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
 # what tests read from the repository root besides reverie/ and tests/ (tests/conftest.py's
 # tiny params and project copies): without them a module's tests fail before any mutant runs
 PROJECT_FOLDERS = ("stages", "flows", "mix", "eval_data", "configs")
-PROJECT_FILES = ("params.yaml", "dvc.yaml", ".gitignore", "prefect.toml")
+PROJECT_FILES = ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", "prefect.toml")
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 SURVIVED = {"survived", "no tests"}
 
