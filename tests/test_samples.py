@@ -79,3 +79,68 @@ def test_llava_export_has_the_conversation_format():
     assert rows[0]["conversations"][0] == {"from": "human", "value": "<image>\n" + RECORD["question"]}
     assert [t["from"] for t in rows[1]["conversations"]] == ["human", "gpt", "human", "gpt"]
     assert rows[1]["conversations"][3]["value"] == RECORD["correct_rationale"]
+
+
+def test_each_variant_names_its_conversations_by_record_and_keeps_the_image():
+    """Ids and images as the LLaVA export and the tune stage's per-sample bookkeeping read them."""
+    from reverie.conversations import Conversation, Turn
+
+    negative = "Explain why this answer is wrong: 3. Including any necessary facts or knowledge."
+    first = Turn(RECORD["question"], "2", RESPONSE)
+    assert build_variant([RECORD], "pos_neg", PROMPTS) == [
+        Conversation("r1", "images/train/a.png", (first,), "response"),
+        Conversation("r1:pos", "images/train/a.png", (first, Turn(PROMPTS.positive, RECORD["correct_rationale"], RATIONALE)),
+                     "positive"),
+        Conversation("r1:neg", "images/train/a.png", (first, Turn(negative, RECORD["incorrect_rationale"], RATIONALE)),
+                     "negative"),
+    ]
+
+
+def test_llava_export_rows_are_exactly_llavas_layout():
+    rows = to_llava_json(build_variant([RECORD], "neg", PROMPTS))
+    negative = "Explain why this answer is wrong: 3. Including any necessary facts or knowledge."
+    assert rows == [
+        {"id": "r1", "image": "images/train/a.png", "conversations": [
+            {"from": "human", "value": "<image>\nHow many circles are there?"}, {"from": "gpt", "value": "2"}]},
+        {"id": "r1:neg", "image": "images/train/a.png", "conversations": [
+            {"from": "human", "value": "<image>\nHow many circles are there?"}, {"from": "gpt", "value": "2"},
+            {"from": "human", "value": negative}, {"from": "gpt", "value": RECORD["incorrect_rationale"]}]},
+    ]
+
+
+@pytest.mark.parametrize("text, stripped", [
+    ("<image>\nWhat is it?", "What is it?"),  # LLaVA's first turn: token, newline, question
+    ("What is it?\n<image>", "What is it?"),  # the token after the question
+    ("What <image> is it?", "What  is it?"),  # a bare token goes, its spaces stay
+    ("  What is it?  ", "What is it?"),
+    ("What is it?", "What is it?"),
+])
+def test_the_image_token_is_stripped_from_an_imported_question(text, stripped):
+    from reverie.conversations import strip_image_token
+
+    assert strip_image_token(text) == stripped
+
+
+def test_encode_all_is_encode_of_each_and_tokenizes_each_segment_as_the_tokenizer_does(tokenizer):
+    convs = build_variant([RECORD, dict(RECORD, id="r2", correct_answer="4", confusing_answer="5")], "pos_neg", PROMPTS)
+    batched = ChatEncoder(tokenizer, image_tokens=3).encode_all(convs)
+    one_by_one = [ChatEncoder(tokenizer, image_tokens=3).encode(c) for c in convs]
+    assert batched == one_by_one and len(batched) == 6
+    # independently: bos, then per turn the prompt's ids (the image placeholder expanded to 3) and
+    # the answer's ids closed by eos; targets 0 on bos and prompts, the turn's target on its answer
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    def ids(text):
+        out = []
+        for t in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            out += [image_id] * 3 if t == image_id else [t]
+        return out
+
+    for conv, enc in zip(convs, batched):
+        expected, targets = [tokenizer.bos_token_id], [0]
+        for i, turn in enumerate(conv.turns):
+            prompt = ids(("USER: <image>\n" if i == 0 else "USER: ") + turn.user + " ASSISTANT:")
+            answer = ids(" " + turn.assistant) + [tokenizer.eos_token_id]
+            expected += prompt + answer
+            targets += [0] * len(prompt) + [turn.target] * len(answer)
+        assert enc.input_ids == expected and enc.targets == targets and enc.image == conv.image
