@@ -26,6 +26,14 @@ def run_flow(project, **kwargs):
         os.chdir(cwd)
 
 
+def read_until(read, done, seconds: float):
+    """`read()` again each second until `done(value)` or `seconds` have passed; the last value."""
+    deadline = time.monotonic() + seconds
+    while not done(value := read()) and time.monotonic() < deadline:
+        time.sleep(1)
+    return value
+
+
 def test_flow_runs_every_stage_then_skips_them_all(flow_project):
     first = run_flow(flow_project)
     assert list(first) == ["generate", "validate", "base", "tune@response-0", "evaluate@response-0", "chance", "report"]
@@ -40,14 +48,12 @@ def test_flow_runs_every_stage_then_skips_them_all(flow_project):
     expected = sorted((stage, "Skipped") for stage in first)
     # Prefect 3 sends task-run states to the server as events, written after the flow returns:
     # read until they have all arrived (on a loaded machine, seconds later)
-    deadline = time.monotonic() + 180
     with get_client(sync_client=True) as client:
-        while True:
+        def read():
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-            seen = sorted((t.name, t.state.name if t.state else None) for t in tasks)  # a state may lag its run
-            if seen == expected or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+            return sorted((t.name, t.state.name if t.state else None) for t in tasks)  # a state may lag its run
+
+        seen = read_until(read, lambda seen: seen == expected, seconds=180)
     assert seen == expected
     # plain DVC agrees that the flow left everything up to date
     assert "Running stage" not in dvc(flow_project, "repro").stdout
@@ -59,14 +65,12 @@ def test_the_flow_publishes_the_ablation_table_and_run_links(flow_project):
 
     # the artifacts reach the server after the flow returns, like its task-run states: on a
     # loaded machine (the whole suite) read until both are there
-    deadline = time.monotonic() + 120
     with get_client(sync_client=True) as client:
-        while True:
-            table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ablation-table"])))
-            links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ablation-runs"])))
-            if (table and links) or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        def read():
+            return [client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+                    for key in ("ablation-table", "ablation-runs")]
+
+        table, links = read_until(read, all, seconds=120)
     assert table and table[0].type == "table" and "response" in str(table[0].data)
     assert links and "MLflow run" in links[0].data
     # each link opens the run in the experiment it is in (the project's, not MLflow's default 0)
