@@ -201,6 +201,10 @@ def test_teacher_answers_match_the_annotations_and_the_judge_accepts_them(tmp_pa
             position = r["question"].split("at the ")[1].split("?")[0].split(".")[0]
             assert sum(position_name(o.row, o.col, 3) == position for o in scene.objects) == 1
     assert checked >= len(records) // 2
+    # the synthetic world's "What shape is the object ...?" is asked as "What is the object ...?"
+    assert any(r["question"].startswith("What is the object at the ") for r in records)
+    assert {r["provenance"]["template_version"] for r in records} == {"sg-v1"}
+    assert {r["provenance"]["teacher"] for r in records} == {"scene_graph_annotations"}
     # several objects share cells in these scenes; true rationales must not look contradictory,
     # as they do to the synthetic world's judge, which expects one object per cell
     assert [r["judge"]["reason"] for r in records if not r["judge"]["consistent"]] == []

@@ -91,6 +91,16 @@ def test_a_bad_row_fails_its_expectation_alone_and_is_quarantined_under_its_name
     assert list(result.clean.index) == [i for i in range(len(rows)) if i != index]
 
 
+def test_a_decodable_image_outside_the_data_root_is_refused(good):
+    root, rows = good
+    Image.new("RGB", (8, 8)).save(root.parent / f"{root.name}-outside.png")  # a real image, beside the root
+    rows = copy.deepcopy(rows)
+    rows[5].update(image=f"../{root.name}-outside.png")
+    result = run_suite(rows, SETTINGS, root)
+    assert result.failed == ["image_decodes"]
+    assert [(q["reason"], q["record"]["id"]) for q in result.quarantined] == [("quality: image_decodes", "r5")]
+
+
 def test_a_tolerated_bad_row_is_quarantined_and_the_suite_passes(good):
     root, rows = good
     rows = copy.deepcopy(rows)
