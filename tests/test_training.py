@@ -186,6 +186,19 @@ def test_a_checkpoint_is_keyed_by_the_samples_themselves_and_stale_ones_are_remo
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [other_run.name]
 
 
+def test_length_grouping_edges_worked_by_hand():
+    with pytest.raises(ValueError, match="^no training samples$"):
+        length_grouped_batches([], 4, 1, seed=0)
+    assert length_grouped_batches([7], 4, 1, seed=0) == [[0]]
+    # 3 samples, batch 32, half an epoch: ceil(0.047) = 1 step, not 0 and not 2
+    assert [sorted(b) for b in length_grouped_batches([5, 6, 7], 32, 0.5, seed=0)] == [[0, 1, 2]]
+    # one mega-batch sorted longest first, cut in 4s: {9, 8, 7, 6} {5, 4, 3, 2} {1, 0} (sample i has length i + 1);
+    # the short last batch holds the shortest samples
+    batches = length_grouped_batches([i + 1 for i in range(10)], 4, 1, seed=0)
+    assert sorted(sorted(b) for b in batches) == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
+    assert [sorted(b) for b in batches if 9 in b] == [[6, 7, 8, 9]]
+
+
 def test_length_grouping_keeps_padding_small_and_is_seeded():
     lengths = [10 + (i * 37) % 90 for i in range(2000)]
     grouped = length_grouped_batches(lengths, 16, 1, seed=0)
