@@ -161,6 +161,10 @@ def test_a_lora_checkpoint_keeps_only_the_trained_weights_and_refuses_another_mo
     saved = load_file(tmp_path / "ckpt" / "checkpoint" / "model.safetensors")
     assert set(saved) == {n for n, p in lora.named_parameters() if p.requires_grad}
     assert any("lora_A" in k for k in saved) and not any("vision_tower" in k for k in saved)
+    # and a resume loads those weights back alone, the frozen ones staying the base model's
+    resumed = train(lora, samples, images, TrainConfig(**{**cfg.__dict__, "max_steps": 3}), pad, tmp_path / "ckpt",
+                    progress=False)
+    assert resumed.metrics["resumed_from"] == 2 and resumed.steps == 3
 
     other, _ = build_tiny(TINY, processor.tokenizer, 16)  # full fine-tuning: other trainable weights
     with pytest.raises(RuntimeError, match="holds other weights than this run trains"):
