@@ -117,7 +117,8 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
         run_stage = reproduce_stage.with_options(retries=params.orchestration.stage_retries)
         for stage in steps.skipped():
             up_to_date(stage)
-        ran = run_stale_stages(steps, run_stage, holder, params.orchestration.parallel_stages)
+        with stage_interpreter(params, steps, holder, logger.info) as warm:
+            ran = run_stale_stages(steps, run_stage, holder | warm, params.orchestration.parallel_stages)
         outcome = {stage: ran.get(stage, "skipped") for stage in steps.order}
         if params.project.dvc_remote:
             outcome["push"] = push(params.project.dvc_remote)
@@ -126,6 +127,23 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
         else:
             logger.info("nothing ran: the artifacts published by the last run that changed something stand")
     return outcome
+
+
+@contextmanager
+def stage_interpreter(params, steps, holder: dict, say):
+    """With `orchestration.warm_interpreter`, a warm interpreter (reverie.warm) for this run's
+    stage processes: the variables that point them at it; nothing when no stage is stale."""
+    if not params.orchestration.warm_interpreter or not steps.stale:
+        yield {}
+        return
+    from reverie.warm import warm_server
+
+    log = Path(".reverie/warm.log")
+    with warm_server(stage_environment(holder), log) as env:
+        if env:
+            say(f"stage processes fork from a warm interpreter that imported torch, transformers, peft and "
+                f"mlflow once (its log: {log})")
+        yield env
 
 
 def run_stale_stages(steps, run_stage, holder: dict, parallel: int) -> dict:

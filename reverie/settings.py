@@ -437,6 +437,9 @@ class OrchestrationSettings(Section):
     # stages the flow runs at once, in DVC's order, each with cores / parallel_stages threads
     # (plain `dvc repro` runs one at a time); 1 on a GPU machine where the runs would share one GPU
     parallel_stages: int = Field(2, ge=1)
+    # the flow's stage processes fork from one that imported torch, transformers, peft and mlflow
+    # once (reverie/warm.py), instead of each importing them (10-11 s a process on 2 cores)
+    warm_interpreter: bool = True
     # where `make serve` (and `make mlflow-ui`) listen; the artifacts' MLflow links point there
     host: str = "127.0.0.1"
     prefect_port: int = Field(4200, ge=1, le=65535)

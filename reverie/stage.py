@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .io import DataFileError
 from .settings import ParamsError, ReadRecorder, load_params
+from .warm import delegate
 from .workspace import WorkspaceBusy, refuse_if_held
 
 
@@ -41,6 +42,7 @@ def stage(name: str):
     stage started while a flow run holds the workspace, by anyone but that flow run (a hand-run
     `dvc repro`), stops before any work, saying which run holds it."""
     quiet_environment()
+    delegate()  # into a child of the flow's warm interpreter, when it started one (reverie.warm)
     try:
         refuse_if_held()
         yield

@@ -38,6 +38,9 @@ def test_flow_runs_every_stage_then_skips_them_all(flow_project):
     first = run_flow(flow_project)
     assert list(first) == ["generate", "validate", "base", "tune@response-0", "evaluate@response-0", "chance", "report"]
     assert set(first.values()) == {"ran"}
+    # every stage process forked from the run's warm interpreter (reverie.warm), none refused
+    served = (flow_project / ".reverie" / "warm.log").read_text()
+    assert served.count("served: stages.") == len(first) and "refused" not in served, served
     state = run_flow(flow_project, return_state=True)
     second = state.result()
     assert set(second.values()) == {"skipped"}, second
