@@ -112,12 +112,13 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
 
         params = load_params()
         holder = holder_environment(token, who, url) | {"REVERIE_PREFECT_FLOW_RUN_ID": str(flow_run.id or "")}
-        steps = plan(label=holder[LABEL_ENV], on_wait=logger.info)
-        logger.info(f"dvc status: {len(steps.stale)} of {len(steps.order)} stage(s) to reproduce")
-        run_stage = reproduce_stage.with_options(retries=params.orchestration.stage_retries)
-        for stage in steps.skipped():
-            up_to_date(stage)
-        with stage_interpreter(params, steps, holder, logger.info) as warm:
+        # started before DVC's status, so that its imports overlap with it and the first stages
+        with stage_interpreter(params, holder, logger.info) as warm:
+            steps = plan(label=holder[LABEL_ENV], on_wait=logger.info)
+            logger.info(f"dvc status: {len(steps.stale)} of {len(steps.order)} stage(s) to reproduce")
+            run_stage = reproduce_stage.with_options(retries=params.orchestration.stage_retries)
+            for stage in steps.skipped():
+                up_to_date(stage)
             ran = run_stale_stages(steps, run_stage, holder | warm, params.orchestration.parallel_stages)
         outcome = {stage: ran.get(stage, "skipped") for stage in steps.order}
         if params.project.dvc_remote:
@@ -130,10 +131,11 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
 
 
 @contextmanager
-def stage_interpreter(params, steps, holder: dict, say):
+def stage_interpreter(params, holder: dict, say):
     """With `orchestration.warm_interpreter`, a warm interpreter (reverie.warm) for this run's
-    stage processes: the variables that point them at it; nothing when no stage is stale."""
-    if not params.orchestration.warm_interpreter or not steps.stale:
+    stage processes: the variables that point them at it. A stage that starts before it has
+    imported everything (generate, validate) runs in its own process."""
+    if not params.orchestration.warm_interpreter:
         yield {}
         return
     from reverie.warm import warm_server

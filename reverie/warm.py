@@ -47,7 +47,8 @@ MAX_MESSAGE = 1 << 20
 
 # What the torch stages (base, tune@, evaluate@, chance, report) import from third parties;
 # `module:Name` also resolves a name (transformers imports its models lazily, by name).
-PRELOAD = ("numpy", "PIL.Image", "torch", "accelerate", "peft", "mlflow", "transformers",
+PRELOAD = ("numpy", "PIL.Image", "torch", "accelerate", "peft", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+           "transformers",
            "transformers:LlavaForConditionalGeneration", "transformers:AutoProcessor",
            "transformers:AutoImageProcessor", "transformers:AutoTokenizer")
 
@@ -136,10 +137,11 @@ def delegate(answer_timeout_s: float = 600.0) -> None:
         _send(conn, request, fds=[_open_or_null(fd) for fd in range(STREAMS)])
     except OSError as exc:
         conn.close()
-        print(f"[warm] no warm interpreter at {address} ({exc}); running this stage in its own process",
+        why = "is not listening (still importing, or gone)" if isinstance(exc, (ConnectionRefusedError,
+                                                                                FileNotFoundError)) else f"failed ({exc})"
+        print(f"[warm] the warm interpreter at {address} {why}; running this stage in its own process",
               file=sys.stderr)
         return
-    # the server answers once it has imported everything (it may still be at it)
     conn.settimeout(answer_timeout_s)
     try:
         reply, _ = _receive(conn)
@@ -197,14 +199,11 @@ def _address(address: str) -> str | bytes:
 
 
 def serve(address: str, parent_pid: int | None = None, modules: tuple[str, ...] | list[str] = PRELOAD) -> None:
-    """Listens at once (early commands queue), imports, then forks a child per command. Ends on
-    SIGTERM, or when `parent_pid` (the flow) is gone."""
+    """Imports, then listens and forks a child per command. Ends on SIGTERM, or when
+    `parent_pid` (the flow) is gone."""
     from .stage import quiet_environment
 
     quiet_environment()  # as every stage does first: the server's environment is theirs
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(_address(address))
-    listener.listen(64)
     started = time.monotonic()
     server_env = dict(os.environ)  # what the stage commands must match: before the imports add to it
     preload(modules)
@@ -223,6 +222,11 @@ def serve(address: str, parent_pid: int | None = None, modules: tuple[str, ...] 
         print(f"[warm] not serving: importing started threads ({names}); stages run in their own processes",
               file=sys.stderr, flush=True)
         return
+    # listening only now: a command that comes earlier (generate, validate: no torch) runs in
+    # its own process at once rather than wait for imports it does not need
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(_address(address))
+    listener.listen(64)
     print(f"[warm] ready at {address} after {time.monotonic() - started:.1f} s importing {', '.join(modules)}",
           flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -428,10 +432,11 @@ def _exit_code(value) -> int:
 
 @contextmanager
 def warm_server(env: dict, log: str | Path, address: str | None = None,
-                modules: tuple[str, ...] | list[str] = PRELOAD) -> Iterator[dict]:
+                modules: tuple[str, ...] | list[str] = PRELOAD, wait_ready: bool = False) -> Iterator[dict]:
     """Starts a server for the stages of one flow run, its account of each command (served or
     refused, and why) in `log`; yields the variables that point the stage commands at it (none
-    where forking is not available) and stops it on exit."""
+    where forking is not available) at once, or once it listens with `wait_ready`, and stops it
+    on exit."""
     import subprocess
 
     if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
@@ -445,7 +450,8 @@ def warm_server(env: dict, log: str | Path, address: str | None = None,
                                  str(os.getpid()), "--preload", ",".join(modules)],
                                 env=server_env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_listening(address, proc)
+        if wait_ready:
+            _wait_listening(address, proc)
         yield {SOCKET_ENV: address}
     finally:
         proc.terminate()
@@ -456,9 +462,8 @@ def warm_server(env: dict, log: str | Path, address: str | None = None,
             proc.wait()
 
 
-def _wait_listening(address: str, proc, seconds: float = 60.0) -> None:
-    """Until the server listens (it binds before importing): a stage started earlier would find
-    no server and run in its own process."""
+def _wait_listening(address: str, proc, seconds: float = 120.0) -> None:
+    """Until the server listens, having imported everything."""
     deadline = time.monotonic() + seconds
     while True:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

@@ -85,7 +85,7 @@ def server(project):
     cwd = os.getcwd()
     os.chdir(project)
     try:
-        with warm_server(stage_env(), project / "warm.log", modules=["torch"]) as env:
+        with warm_server(stage_env(), project / "warm.log", modules=["torch"], wait_ready=True) as env:
             yield env
     finally:
         os.chdir(cwd)
@@ -160,7 +160,7 @@ def test_a_command_whose_environment_differs_runs_in_its_own_process(project, se
 def test_without_a_server_the_command_runs_the_stage_itself(project):
     result = probe(project, env={SOCKET_ENV: "@reverie-warm-nobody-listens"})
     assert result.returncode == 0 and said(result)["child"] is None
-    assert "[warm] no warm interpreter at @reverie-warm-nobody-listens" in result.stderr
+    assert "[warm] the warm interpreter at @reverie-warm-nobody-listens is not listening" in result.stderr
 
 
 def _gone(pid: int, seconds: float = 15) -> bool:
