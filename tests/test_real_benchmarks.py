@@ -309,6 +309,9 @@ def test_named_suites_replace_their_synthetic_namesakes_for_students_and_chance(
     assert [it.benchmark for it in eval_items] == [it.benchmark for it in train_items] == ["mme", "short_answer", "reasoning"]
     eval_items, _ = benchmark_items(Params(), tmp_path, tmp_path)
     assert [it.benchmark for it in eval_items] == ["pope", "mme", "mmbench", "short_answer", "reasoning"]
+    # a student's evaluation asks for its items alone: the same ones, and no train-side build
+    seen.clear()
+    assert benchmark_items(Params(), tmp_path, tmp_path, train=False) == (eval_items, [])
 
 
 def test_answer_files_are_in_llavas_layouts(tmp_path):
@@ -397,7 +400,7 @@ def test_evaluate_logs_every_real_benchmarks_metrics_into_the_mlflow_run(tmp_pat
         budgets.append((items[0].benchmark, max_new_tokens))
         return [it.row(it.label.capitalize() or "A") for it in items], 1.0
 
-    monkeypatch.setattr(run, "benchmark_items", lambda *a: ([], []))
+    monkeypatch.setattr(run, "benchmark_items", lambda *a, **k: ([], []))
     monkeypatch.setattr(run, "answer_items", fake_answer)
     monkeypatch.setattr(student_model, "load_tuned", lambda d: (None, None, {"run_id": run_id, "variant": "pos", "seed": 0}))
     monkeypatch.setattr(run, "real_items", lambda suites: real_items(suites, tmp_path / "cache"))

@@ -92,11 +92,13 @@ def real_items(suites, cache_dir: str | Path = ".reverie/mmbench_images") -> dic
     return out
 
 
-def benchmark_items(params, data_dir: str | Path, split_dir: str | Path) -> tuple[list[Item], list[Item]]:
-    """The synthetic eval items every student answers, and the same benchmarks built on the
-    train scenes and records (from which the blind prior learns what each question's answer
-    usually is). A benchmark that `evaluate.suites` names from real files is left out: the
-    files replace it."""
+def benchmark_items(params, data_dir: str | Path, split_dir: str | Path,
+                    train: bool = True) -> tuple[list[Item], list[Item]]:
+    """The synthetic eval items every student answers, and (with `train`) the same benchmarks
+    built on the train scenes and records, from which the blind prior learns what each
+    question's answer usually is; a student's evaluation needs only the first (each item's
+    questions are drawn per image, so they do not depend on the other list). A benchmark that
+    `evaluate.suites` names from real files is left out: the files replace it."""
     settings = params.evaluate
     replaced = set(named_suites(settings))
     scenes = load_scenes(data_dir)
@@ -115,7 +117,7 @@ def benchmark_items(params, data_dir: str | Path, split_dir: str | Path) -> tupl
     seed = params.project.seed
     eval_items = build_all(train_scenes, eval_scenes, eval_records, params.world, settings, seed)
     train_items = build_all(train_scenes, train_scenes, read_jsonl(Path(split_dir) / "train.jsonl"), params.world,
-                            settings, seed)
+                            settings, seed) if train else []
     return ([it for it in eval_items if it.benchmark not in replaced],
             [it for it in train_items if it.benchmark not in replaced])
 
@@ -126,7 +128,7 @@ def evaluate_student(params, model_dir: str | Path, data_dir: str | Path, split_
     from .answer_files import write_answer_files
 
     settings = params.evaluate
-    items, _ = benchmark_items(params, data_dir, split_dir)
+    items, _ = benchmark_items(params, data_dir, split_dir, train=False)
     real = real_items(settings.suites) if named_suites(settings) else {}
     model, processor, info = load_tuned(model_dir)
     # the synthetic suites first, exactly as before; then each real suite with its own budget
