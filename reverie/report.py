@@ -187,10 +187,15 @@ def verdict(result: dict, base_check: dict | None, min_accuracy: float, yes_rati
     ratios = [row[f"pope.{s}.yes_ratio"]["mean"] for s in POPE_SPLITS if f"pope.{s}.yes_ratio" in row]
     if not accuracy:
         return f"the baseline `{result['baseline']}` has no POPE scores"
-    acc, ratio = statistics.fmean(accuracy), statistics.fmean(ratios)
+    acc = statistics.fmean(accuracy)
     if acc < min_accuracy:
         reasons.append(f"the baseline `{result['baseline']}` answers POPE at accuracy {acc:.3f}, below "
                        f"report.min_baseline_pope_accuracy = {min_accuracy}")
+    if not ratios:
+        reasons.append(f"the baseline `{result['baseline']}` has no POPE yes-ratio, so an always-yes answerer "
+                       "cannot be ruled out")
+        return "; ".join(reasons)
+    ratio = statistics.fmean(ratios)
     if not yes_ratio[0] <= ratio <= yes_ratio[1]:
         reasons.append(f"the baseline `{result['baseline']}` says yes to {ratio:.1%} of POPE questions, outside "
                        f"report.baseline_yes_ratio = [{yes_ratio[0]}, {yes_ratio[1]}]")

@@ -259,9 +259,11 @@ def test_mmbench_names_bad_indexes_and_answers(tmp_path):
     row = lambda index, answer: [index, "Which?", "nan", "red", "green", "blue", "white", answer, "attribute", good,
                                  "source", "l2", "nan", "dev"]
     path = write_tsv(tmp_path / "mmbench.tsv", MMBENCH_HEADER,
-                     [row("abc", "A"), row(3, "A"), row("3", "B"), row(5, ""), row(6, "AB"), row(7, "D")])
+                     [row("abc", "A"), row(3, "A"), row("3", "B"), row(5, ""), row(6, "AB"), row(7, "D"),
+                      row("inf", "A"), row("2.5", "A"), row("8.0", "A")])
     assert error_of(load_mmbench, path, tmp_path / "cache") == refused(
-        path, f"{path}:2: index 'abc' is not a number", f"{path}:4: index 3 repeats line 3",
+        path, f"{path}:2: index 'abc' is not a whole number", f"{path}:4: index 3 repeats line 3",
+        f"{path}:8: index 'inf' is not a whole number", f"{path}:9: index '2.5' is not a whole number",
         f"{path}:5: answer '' is not the letter of one of its 4 options",
         f"{path}:6: answer 'AB' is not the letter of one of its 4 options")
 

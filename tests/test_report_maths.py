@@ -546,6 +546,14 @@ def test_verdict_passes_a_baseline_that_sees():
     assert verdict(pope_result(), {}, 0.6, (0.2, 0.8)) is None
 
 
+def test_verdict_a_baseline_without_a_yes_ratio_is_void_not_a_crash():
+    reason = verdict(pope_result(yes_ratio=(None, None, None)), None, 0.6, (0.2, 0.8))
+    assert reason == ("the baseline `response` has no POPE yes-ratio, so an always-yes answerer cannot be "
+                      "ruled out")
+    both = verdict(pope_result(accuracy=(0.5, 0.5, 0.5), yes_ratio=(None, None, None)), None, 0.6, (0.2, 0.8))
+    assert both.startswith("the baseline `response` answers POPE at accuracy 0.500") and "no POPE yes-ratio" in both
+
+
 def test_verdict_a_failed_base_check_with_its_failure():
     reason = verdict(pope_result(), {"passed": False, "failure": "says yes to everything"}, 0.6, (0.2, 0.8))
     assert reason == "the base student failed its check (says yes to everything)"

@@ -24,6 +24,7 @@ import io
 from pathlib import Path
 
 from ..io import read_text_file, write_jsonl, write_text
+from .loaders import mmbench_index
 
 MMBENCH_DROPPED = ("hint", "category", "source", "image", "comment", "l2-category")
 
@@ -93,8 +94,8 @@ def mmbench_submission(tsv: str | Path, rows: list[dict]) -> str:
     writer = csv.writer(out, delimiter="\t", lineterminator="\n")
     writer.writerow(columns)
     for row in reader:
-        index = str(int(float(row["index"])))
-        writer.writerow([predicted.get(index, "") if c == "prediction" else row.get(c, "") for c in columns])
+        index = mmbench_index(row["index"])  # a row the loader rejected (no index) gets no prediction
+        writer.writerow([predicted.get(str(index), "") if c == "prediction" else row.get(c, "") for c in columns])
     return out.getvalue()
 
 

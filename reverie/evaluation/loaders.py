@@ -34,6 +34,15 @@ MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebri
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 # instructions the published files already carry, replaced by the configured one
 KNOWN_INSTRUCTIONS = (SHORT, LETTER, "Please answer yes or no.")
+def mmbench_index(cell) -> int | None:
+    """A row's index as MMBench's tsv writes it ("12", "12.0"), or None (text, nan, inf, 1.5)."""
+    try:
+        value = float(cell)
+    except (TypeError, ValueError):
+        return None
+    return int(value) if value.is_integer() else None
+
+
 MMBENCH_ROUND = 1_000_000  # VLMEvalKit / lmms-eval: a row's question is index % 1e6 (g_index)
 SHOWN_PROBLEMS = 10
 
@@ -266,10 +275,9 @@ def load_mmbench(tsv: str | Path, cache_dir: str | Path, prompt: str = LETTER) -
     rows, by_index = [], {}
     for row in reader:
         line = reader.line_num
-        try:
-            index = int(float(row["index"]))
-        except (TypeError, ValueError):
-            problems.add(line, f"index {row['index']!r} is not a number")
+        index = mmbench_index(row["index"])
+        if index is None:
+            problems.add(line, f"index {row['index']!r} is not a whole number")
             continue
         if index in by_index:
             problems.add(line, f"index {index} repeats line {by_index[index][0]}")
