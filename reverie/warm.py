@@ -325,9 +325,8 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], imported_env:
         os.environ.update(imported_env | request["env"])
         os.environ[CHILD_ENV] = "1"
         _forget_project_modules(request["cwd"])
-        threads = request["env"].get("OMP_NUM_THREADS", "")
-        if "torch" in sys.modules:  # read OMP_NUM_THREADS when imported, in the server: set it as asked
-            sys.modules["torch"].set_num_threads(int(threads) if threads.isdigit() else default_threads)
+        if "torch" in sys.modules:  # it read the thread variables when imported, in the server
+            sys.modules["torch"].set_num_threads(thread_count(request["env"], default_threads))
         _watch(conn)
         code = _run_main(request)
     except BaseException:  # noqa: BLE001 - the child reports whatever ended it, then leaves
@@ -345,6 +344,17 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], imported_env:
         except OSError:
             pass
         os._exit(code)
+
+
+def thread_count(env: dict, default: int) -> int:
+    """torch's intra-op threads in a process started with `env`, as torch reads it when imported:
+    MKL_NUM_THREADS over OMP_NUM_THREADS (torch 2.13 here: OMP 2 with MKL 1 gives 1), else the
+    default of a process with neither."""
+    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = env.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return default
 
 
 def _reopen_streams(env: dict) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reverie.orchestration import stage_environment
-from reverie.warm import CHILD_ENV, SOCKET_ENV, environment_difference, warm_server
+from reverie.warm import CHILD_ENV, SOCKET_ENV, environment_difference, thread_count, warm_server
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets, fork: Linux")
 
@@ -60,10 +60,11 @@ if __name__ == "__main__":
 
 def stage_env(extra: dict | None = None) -> dict:
     """The stages' environment, without pytest's marker of the current test (which changes from
-    setup to call: a server started in a fixture would refuse every command as different)."""
-    env = stage_environment(extra)
-    env.pop("PYTEST_CURRENT_TEST", None)
-    return env
+    setup to call: a server started in a fixture would refuse every command as different) and
+    without thread variables left by whatever ran before (each test names its own)."""
+    env = {k: v for k, v in stage_environment().items()
+           if k not in ("PYTEST_CURRENT_TEST", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return env | (extra or {})
 
 
 def write_probe(root: Path, marker: str) -> None:
@@ -134,15 +135,16 @@ def test_the_project_code_is_imported_fresh_for_each_stage(project, server):
     assert said(probe(project, env=server))["marker"] == "first"
 
 
-def test_torch_threads_follow_the_command_and_the_numbers_match_its_own_process(project, server):
-    warm_one = said(probe(project, "torch", env=server | {"OMP_NUM_THREADS": "1"}))
-    warm_two = said(probe(project, "torch", env=server | {"OMP_NUM_THREADS": "2"}))
-    alone_one = said(probe(project, "torch", env={"OMP_NUM_THREADS": "1"}))
-    alone_two = said(probe(project, "torch", env={"OMP_NUM_THREADS": "2"}))
-    assert warm_one["child"] == warm_two["child"] == "1" and alone_one["child"] is None
-    assert warm_one["threads"][0] == 1 and warm_two["threads"][0] == 2
-    assert warm_one["threads"] == alone_one["threads"]
-    assert warm_two["threads"] == alone_two["threads"]
+@pytest.mark.parametrize("threads", [{"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},  # as the flow sets them
+                                     {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+                                     {"OMP_NUM_THREADS": "2"}, {}, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}],
+                         ids=["1-1", "2-2", "omp2", "unset", "omp2-mkl1"])
+def test_torch_threads_and_numbers_are_those_of_the_commands_own_process(project, server, threads):
+    warm = said(probe(project, "torch", env=server | threads))
+    alone = said(probe(project, "torch", env=threads))
+    assert warm["child"] == "1" and alone["child"] is None
+    assert warm["threads"][0] == alone["threads"][0] and warm["threads"][1] == alone["threads"][1]
+    assert thread_count(threads, 7) == int(threads.get("MKL_NUM_THREADS", threads.get("OMP_NUM_THREADS", 7)))
 
 
 def test_a_command_whose_environment_differs_runs_in_its_own_process(project, server):
