@@ -3,7 +3,9 @@ otherwise a small world and an untrained tiny student built here (throughput doe
 depend on what the weights learned)."""
 from __future__ import annotations
 
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from reverie.generate import generate_dataset
@@ -36,3 +38,16 @@ def student(params, data_dir: Path, records):
     tok = train_tokenizer(tokenizer_corpus(records, convs), params.base.model.vocab_size)
     model, processor = build_tiny(params.base.model, tok, params.world.image_size)
     return model, processor, "untrained tiny student"
+
+
+def timed_command(cmd: list[str], cwd: Path, env: dict, refuse: tuple[str, str] | None = None) -> float:
+    """Seconds `cmd` took, as a user starts it. Exits with its output's tail when it fails, or
+    when its output holds `refuse[0]` (`refuse[1]` says what that means)."""
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    if refuse and refuse[0] in result.stdout + result.stderr:
+        raise SystemExit(f"{' '.join(cmd)} {refuse[1]}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return elapsed

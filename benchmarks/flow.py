@@ -16,25 +16,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import timed_command
 from reverie.orchestration import plan
 from reverie.services import Addresses, Child, answers, prefect_environment, prefect_server_command, served_api
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    if "Running stage" in result.stdout + result.stderr:
-        raise SystemExit(f"{' '.join(cmd)} ran a stage: the project is not up to date")
-    return elapsed
+    return timed_command(cmd, cwd, env, refuse=("Running stage", "ran a stage: the project is not up to date"))
 
 
 def start_server(home: Path) -> tuple[Child, str]:

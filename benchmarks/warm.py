@@ -16,12 +16,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks.common import timed_command
 from reverie.orchestration import stage_environment
 from reverie.warm import warm_server
 
@@ -46,14 +45,9 @@ def project_store(project: Path) -> Path | None:
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    if "[warm]" in result.stderr and env.get("REVERIE_WARM_SOCKET"):
-        raise SystemExit(f"not served by the warm interpreter:\n{result.stderr[-2000:]}")
-    return elapsed
+    """A warm command must be served: a refusal would time the command's own process twice."""
+    served = ("[warm]", "was not served by the warm interpreter") if env.get("REVERIE_WARM_SOCKET") else None
+    return timed_command(cmd, cwd, env, refuse=served)
 
 
 def main() -> None:
