@@ -116,7 +116,7 @@ def test_mme_reads_both_layouts_with_llavas_instruction_and_scores_perception_an
     wrong = next(it for it in items if it.extra["subtask"] == "existence")
     answers[wrong.qid] = "No" if wrong.label == "yes" else "Yes"
     scores = score_predictions([it.row(answers[it.qid]) for it in items])
-    assert scores["mme"]["existence"]["acc"] == 0.75 and scores["mme"]["existence"]["acc_plus"] == 0.5
+    assert scores["mme"]["existence"]["acc"] == 75.0 and scores["mme"]["existence"]["acc_plus"] == 50.0  # points
     assert scores["mme"]["perception"]["score"] == pytest.approx(200 + 125)
     assert scores["mme"]["cognition"]["score"] == pytest.approx(200)
     top = headline(scores)
@@ -234,12 +234,13 @@ def test_scienceqa_in_llavas_layout_keeps_image_questions(tmp_path):
     assert items[0].extra["llava_prompt"].startswith("<image>\n")
 
 
-@pytest.mark.parametrize("answer, letter", [("B", "B"), (" B ", "B"), ("B. fish", "B"), ("The answer is B.", "B"),
-                                            ("The answer is B", "B"), ("B.", None), ("I think B", None),
+@pytest.mark.parametrize("answer, letter", [("B", "B"), (" B ", None), ("B. fish", "B"), ("The answer is B.", "B"),
+                                            ("The answer is B", None), ("B.", None), ("I think B", None),
                                             ("fish", None), ("C", None), ("AB", None)])
 def test_scienceqa_uses_llavas_strict_parser(answer, letter):
-    """llava/eval/eval_science_qa.py: a bare letter, "X. " at the start or "The answer is X";
-    a lone "B." fails there too, and a letter beyond the options is wrong."""
+    """llava/eval/eval_science_qa.py (main): exactly a bare letter, "X. " at the start, or one
+    match of r'The answer is ([A-Z]).' (a character must follow the letter); the text is not
+    stripped, a lone "B." fails there too, and a letter beyond the options is wrong."""
     assert scienceqa_choice(answer, 2) == letter
 
 

@@ -38,7 +38,8 @@ def test_mme_acc_plus_needs_both_questions_of_an_image_right():
         {"subtask": "count", "image": "b", "label": "no", "answer": "yes"},
     ]
     m = score_mme(rows)
-    assert m["count"]["acc"] == 0.75 and m["count"]["acc_plus"] == 0.5
+    # in points, as MME's calculation.py adds them up (acc*100, acc_plus*100)
+    assert m["count"]["acc"] == pytest.approx(75.0) and m["count"]["acc_plus"] == pytest.approx(50.0)
     assert m["count"]["score"] == pytest.approx(125.0) and m["score"] == pytest.approx(125.0)
 
 
@@ -136,14 +137,17 @@ def test_mme_score_by_hand_over_two_subtasks():
     rows = (pair("existence", "a", "yes", "no") + pair("existence", "b", "Yes, it is", "yes")
             + pair("existence", "c", "no", "maybe") + pair("color", "d", "Yes.", "No"))
     m = score_mme(rows)
-    assert m["existence"] == pytest.approx({"acc": 0.5, "acc_plus": 1 / 3, "score": 100 * (0.5 + 1 / 3), "unparseable": 1})
-    assert m["color"] == pytest.approx({"acc": 1.0, "acc_plus": 1.0, "score": 200.0, "unparseable": 0})
+    assert m["existence"] == pytest.approx({"acc": 50.0, "acc_plus": 100 / 3, "score": 50 + 100 / 3, "unparseable": 1})
+    assert m["color"] == pytest.approx({"acc": 100.0, "acc_plus": 100.0, "score": 200.0, "unparseable": 0})
     assert m["score"] == pytest.approx(100 * (0.5 + 1 / 3) + 200)
 
 
 @pytest.mark.parametrize("answer, label", [
     ("YES", "yes"), (" no ", "no"), ("no.", "no"), ("Yes.", "yes"), ("nope", "no"), ("yess", "yes"),
-    ("I think yes", "other"), ("So no", "other"), ("not", "no"), ("n", "other"), ("", "other"), ("y.e.s", "yes"),
+    ("I think yes", "other"), ("So no", "other"), ("not", "no"), ("n", "other"), ("", "other"),
+    # MME lower-cases only: no strip, no dot removed, so the word must lie in the first four characters
+    ("y.e.s", "other"), ("n.o.", "other"), ("...yes", "other"), ("  yes", "other"), ("   no", "other"),
+    ("\n\nYes", "other"), ("\t\t\tno", "other"),
 ])
 def test_mme_label_by_its_rule(answer, label):
     assert mme_label(answer) == label

@@ -56,8 +56,23 @@ def score_pope(rows: list[dict]) -> dict:
 
 # ---- MME --------------------------------------------------------------------------------
 def mme_label(answer: str) -> str:
-    """MME's rule: exact yes/no, else a yes/no within the first four characters, else other."""
-    pred = answer.lower().strip().replace(".", "")
+    r"""MME's `parse_pred_ans` (tools/eval_tool/calculation.py, shipped as tools/eval_tool.zip in
+    BradyFU/Awesome-Multimodal-Large-Language-Models, branch Evaluation). `process_result` only
+    lower-cases the answer (`pred_ans = pred_ans.lower()`), nothing is stripped and no dot is
+    removed; then::
+
+        if pred_ans in ["yes", "no"]: pred_label = pred_ans
+        else:
+            prefix_pred_ans = pred_ans[:4]
+            if "yes" in prefix_pred_ans: pred_label = "yes"
+            elif "no" in prefix_pred_ans: pred_label = "no"
+            else: pred_label = "other"
+
+    So "Yes." and " no" are read (the word lies within the first four characters), while
+    "  yes" (two spaces first), "y.e.s" or "...yes" are "other", which counts as wrong. (The
+    tool reads its answer files with readlines() and no strip, so each answer it parses ends in
+    a newline; that changes no label: "yes\n" and "no\n" pass the prefix test.)"""
+    pred = answer.lower()
     if pred in ("yes", "no"):
         return pred
     prefix = pred[:4]
@@ -70,9 +85,11 @@ def mme_label(answer: str) -> str:
 
 def score_mme(rows: list[dict]) -> dict:
     """rows: {subtask, image, label, answer}; two questions per image and subtask. Per subtask,
-    as MME's calculation.py: acc and acc+ (images with both answers right), score = 100 * (acc +
-    acc+). Rows from the real MME carry `group`: the perception subtasks (max 2000) and the
-    cognition ones (max 800) are then summed apart and never together."""
+    as MME's calculation.py, in points as it adds them up (`task_score += v*100` for "acc" and
+    "acc_plus"): acc = 100 * right answers / questions, acc_plus = 100 * images with both
+    answers right / images, score = acc + acc_plus (at most 200). Rows from the real MME carry
+    `group`: the perception subtasks (max 2000) and the cognition ones (max 800) are then summed
+    apart and never together."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_task[r["subtask"]].append(r)
@@ -84,9 +101,9 @@ def score_mme(rows: list[dict]) -> dict:
         per_image: dict[str, list[bool]] = defaultdict(list)
         for r, ok in zip(items, right):
             per_image[r["image"]].append(ok)
-        acc = sum(right) / len(right)
-        acc_plus = sum(all(v) for v in per_image.values()) / len(per_image)
-        score = 100 * (acc + acc_plus)
+        acc = 100 * sum(right) / len(right)
+        acc_plus = 100 * sum(all(v) for v in per_image.values()) / len(per_image)
+        score = acc + acc_plus
         total += score
         if items[0].get("group"):
             groups[items[0]["group"]] += score
@@ -172,19 +189,46 @@ def score_multiple_choice(rows: list[dict]) -> dict:
     return out
 
 
+SCIENCEQA_OPTIONS = ("A", "B", "C", "D", "E")  # eval_science_qa.py's --options default
+_SCIENCEQA_ANSWER = re.compile(r"The answer is ([A-Z]).")  # sic: "." is any character but a newline
+
+
 def scienceqa_choice(answer: str, n_options: int) -> str | None:
-    """LLaVA's ScienceQA parser (llava/eval/eval_science_qa.py), strict: the bare letter, a
-    letter followed by ". " at the start, or "The answer is X"; anything else fails (None).
-    A letter beyond the question's options fails too."""
-    text = answer.replace("\n", ". ")
-    if text.strip() in ("A", "B", "C", "D", "E"):
-        letter = text.strip()
-    elif len(text) >= 3 and text[0] in "ABCDE" and text[1:3] == ". ":
+    r"""LLaVA's ScienceQA parser, as llava/eval/eval_science_qa.py on the main branch of
+    haotian-liu/LLaVA has it (the script of LLaVA-1.5's scripts/v1_5/eval/sqa.sh). The model's
+    text is used as is: no stripping, no newline replacement, case-sensitive::
+
+        if pred_text in args.options:           # ["A", "B", "C", "D", "E"]
+            answer = pred_text
+        elif len(pred_text) >= 3 and pred_text[0] in args.options and pred_text[1:3] == ". ":
+            answer = pred_text[0]
+        else:
+            pattern = re.compile(r'The answer is ([A-Z]).')
+            res = pattern.findall(pred_text)
+            if len(res) == 1:
+                answer = res[0]  # 'A', 'B', ...
+            else:
+                answer = "FAILED"
+
+    then `get_pred_idx(answer, prob['choices'], args.options)` gives the option's index when
+    `answer in options[:len(choices)]`, else -1 (never right). So "A", "A. cat" and "The answer
+    is A." are A; " A", "A.", "a", "A\n", a bare "The answer is A" at the very end (the regex
+    needs one more character after the letter) and two "The answer is" matches all fail; a
+    letter beyond the question's options (say "D" of three) is wrong too. None stands for all
+    of these. (An older version of the script, e.g. commit 8959d5c, used the regex alone and
+    fell back to `random.choice(range(len(choices)))`; on main that line is dead code after
+    `return -1`. Randomness has no place in a re-scorable metric, so a failure is wrong here.)
+    (This project once followed an unmerged change of the script instead, which stripped the
+    text, read newlines as ". " and took "The answer is X" with nothing after it.)"""
+    text = answer
+    if text in SCIENCEQA_OPTIONS:
+        letter = text
+    elif len(text) >= 3 and text[0] in SCIENCEQA_OPTIONS and text[1:3] == ". ":
         letter = text[0]
     else:
-        match = re.search(r"The answer is ([A-E])", text)
-        letter = match.group(1) if match else None
-    return letter if letter is not None and letter in LETTERS[:n_options] else None
+        found = _SCIENCEQA_ANSWER.findall(text)
+        letter = found[0] if len(found) == 1 else None
+    return letter if letter is not None and letter in SCIENCEQA_OPTIONS[:n_options] else None
 
 
 def accuracy_by_category(rows: list[dict], right: list[bool]) -> dict:
