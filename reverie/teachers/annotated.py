@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import re
 
+from ..vocab import plural
 from ..world import Scene, position_name
 from .judge import SceneGraphJudge
 from .scene_graph import QAItem, SceneGraphTeacher
@@ -24,7 +25,7 @@ from .scene_graph import QAItem, SceneGraphTeacher
 OBJECT = re.compile(r"There is a (small|large) (\S+) (.+?) at the ([\w -]+?)\.")
 ABSENT = re.compile(r"There is no (.+?) in the image\.")
 COUNT_ONE = re.compile(r"There is exactly one (.+?) in the image\.")
-COUNT_MANY = re.compile(r"There are (\d+) (.+?)s in the image\.")
+COUNT_MANY = re.compile(r"There are (\d+) (.+?) in the image\.")  # the plural: "3 traffic lights"
 UNKNOWN = "unknown"
 # the questions that name an object by its cell, and which of their support facts is that object
 CELL_REFERENCE = {"attribute_multiple_choice": 0, "open_ended_describe": 0, "multi_step_short": 1}
@@ -71,7 +72,8 @@ class AnnotatedSceneTeacher(SceneGraphTeacher):
 
 def _claims(text: str) -> tuple[set[tuple[str, str, str, str]], set[str], dict[str, int]]:
     placed = {(position, size, color, kind) for size, color, kind, position in OBJECT.findall(text)}
-    counts = {kind: 1 for kind in COUNT_ONE.findall(text)} | {kind: int(n) for n, kind in COUNT_MANY.findall(text)}
+    # counts by the kind's plural, the form "There are 3 people" names it by
+    counts = {plural(kind): 1 for kind in COUNT_ONE.findall(text)} | {kinds: int(n) for n, kinds in COUNT_MANY.findall(text)}
     return placed, set(ABSENT.findall(text)), counts
 
 
@@ -81,16 +83,16 @@ def contradiction(positive: str, negative: str) -> str | None:
     neg_placed, neg_absent, neg_counts = _claims(negative)
     for kind in pos_counts.keys() & neg_counts.keys():
         if pos_counts[kind] != neg_counts[kind]:
-            return f"the positive rationale counts {pos_counts[kind]} {kind}(s), the negative one {neg_counts[kind]}"
+            return f"the positive rationale counts {pos_counts[kind]} {kind}, the negative one {neg_counts[kind]}"
     placed = pos_placed | neg_placed
     for position, _, _, kind in sorted(placed):
         if kind in pos_absent | neg_absent:
             return f"one rationale says there is no {kind}, the other places one at the {position}"
     counts = {**pos_counts, **neg_counts}
-    for kind, n in counts.items():
-        located = sum(k == kind for *_, k in placed)
+    for kinds, n in counts.items():
+        located = sum(plural(k) == kinds for *_, k in placed)
         if located > n:
-            return f"the rationales count {n} {kind}(s) but place {located}"
+            return f"the rationales count {n} {kinds} but place {located}"
     for position in sorted({p for p, *_ in pos_placed}):
         dropped = sorted(o for o in pos_placed - neg_placed if o[0] == position)
         added = sorted(o for o in neg_placed - pos_placed if o[0] == position)

@@ -9,12 +9,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..vocab import plural
+
 OBJECT = re.compile(r"There is a (small|large) (\w+) (\w+) at the ([\w -]+?)\.")
 ABSENT = re.compile(r"There is no (\w+) in the image\.")
 COUNT_ONE = re.compile(r"There is exactly one (\w+) in the image\.")
-COUNT_MANY = re.compile(r"There are (\d+) (\w+?)s in the image\.")
+COUNT_MANY = re.compile(r"There are (\d+) (\w+) in the image\.")  # the plural: "3 crosses"
 CONCLUSION = re.compile(r"So the answer is (.+?)\.\s*$", re.S)
 REJECTION = re.compile(r"^The answer (.+?) is wrong\.")
+# any "So the answer is X." sentence, wherever it stands (the answer may hold a dot: "3.5")
+ANY_CONCLUSION = re.compile(r"So the answer is (.+?)\.(?=\s|$)", re.S)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class SceneGraphJudge:
         rejected = REJECTION.search(incorrect_rationale)
         if not rejected or _norm(rejected.group(1)) != _norm(confusing_answer):
             return "the negative rationale does not reject the confusing answer"
+        # a negative rationale that rejects the confusing answer and then concludes it contradicts
+        # itself; concluding the correct answer is fine
+        for concluded in ANY_CONCLUSION.finditer(incorrect_rationale):
+            if _norm(concluded.group(1)) == _norm(confusing_answer):
+                return (f"the negative rationale rejects the confusing answer '{confusing_answer}' "
+                        f"but concludes it")
         return None
 
     def claims_problem(self, correct_rationale: str, incorrect_rationale: str) -> str | None:
@@ -83,27 +93,28 @@ class Claims:
         for kind in ABSENT.findall(text):
             self.absent[kind] = source
         for kind in COUNT_ONE.findall(text):
-            if (problem := self._count(kind, 1, source)):
+            if (problem := self._count(plural(kind), 1, source)):
                 return problem
-        for n, kind in COUNT_MANY.findall(text):
-            if (problem := self._count(kind, int(n), source)):
+        for n, kinds in COUNT_MANY.findall(text):
+            if (problem := self._count(kinds, int(n), source)):
                 return problem
         return self._cross_check()
 
-    def _count(self, kind: str, n: int, source: str) -> str | None:
-        seen = self.counts.get(kind)
+    def _count(self, kinds: str, n: int, source: str) -> str | None:
+        """Counts are kept by the kind's plural, the form "There are 3 crosses" names it by."""
+        seen = self.counts.get(kinds)
         if seen and seen[0] != n:
-            return f"the {source} rationale counts {n} {kind}(s), the {seen[1]} one {seen[0]}"
-        self.counts[kind] = (n, source)
+            return f"the {source} rationale counts {n} {kinds}, the {seen[1]} one {seen[0]}"
+        self.counts[kinds] = (n, source)
         return None
 
     def _cross_check(self) -> str | None:
         located: dict[str, int] = {}
         for size, color, kind, source in self.at.values():
-            located[kind] = located.get(kind, 0) + 1
+            located[plural(kind)] = located.get(plural(kind), 0) + 1
             if kind in self.absent:
                 return f"the {self.absent[kind]} rationale says there is no {kind}, the {source} one places one"
-        for kind, (n, source) in self.counts.items():
-            if located.get(kind, 0) > n:
-                return f"the {source} rationale counts {n} {kind}(s) but {located[kind]} are placed"
+        for kinds, (n, source) in self.counts.items():
+            if located.get(kinds, 0) > n:
+                return f"the {source} rationale counts {n} {kinds} but {located[kinds]} are placed"
         return None
