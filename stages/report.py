@@ -1,5 +1,7 @@
 """DVC stage `report`: the ablation table (markdown, JSON, PNG) over every evaluated run, with
-chance beside it and intervals on every difference; marked void when the baseline does not see."""
+chance beside it, each column's validity (the baseline against the reference answerers'
+saved answers), the power of each metric and a two-level bootstrap on every comparison;
+marked void when the baseline does not see or the POPE column is void."""
 from reverie.stage import params_from, parser, stage
 
 
@@ -10,6 +12,8 @@ def main() -> None:
     p.add_argument("--losses", default="plots/loss")
     p.add_argument("--predictions", default="predictions")
     p.add_argument("--chance", default="metrics/chance.json")
+    p.add_argument("--references", default=None,
+                   help="the reference answerers' saved answers (default: the chance folder under --predictions)")
     p.add_argument("--base", default="metrics/base.json")
     p.add_argument("--out", default="reports")
     args = p.parse_args()
@@ -17,7 +21,7 @@ def main() -> None:
         from reverie.report import write_report
 
         result = write_report(args.eval, args.tune, args.losses, args.out, params_from(args).report,
-                              args.predictions, args.chance, args.base)
+                              args.predictions, args.chance, args.base, args.references)
         print(result["markdown"])
 
 

@@ -46,11 +46,12 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                     "*.x_remove_checkpoints__*", "*.x_length_grouped_batches__*", "*_Progress*"]),
     # the ablation's numbers and the void verdict; the markdown, charts and tables that print
     # them are presentation (test_report checks the text, not letter by letter)
-    "report_maths": (["reverie/report.py", "reverie/statistics.py"], ["tests/test_report.py", "tests/test_statistics.py",
-                                                                      "tests/test_report_maths.py"],
-                     ["reverie.statistics.*", "*.x__pope_right__*", "*.x__mean_std__*", "*.x__p_value_over_seeds__*",
-                      "*.x_ablation__*", "*.x__shared_weights__*", "*.x__against_baseline__*",
-                      "*.x__pope_standard_errors__*", "*.x_verdict__*", "*.x_void_reason__*"]),
+    "report_maths": (["reverie/report.py", "reverie/statistics.py", "reverie/evaluation/forms.py"],
+                     ["tests/test_report.py", "tests/test_statistics.py", "tests/test_report_maths.py", "tests/test_forms.py"],
+                     ["reverie.statistics.*", "reverie.evaluation.forms.*", "*.x__mean_std__*", "*.x_ablation__*",
+                      "*.x__shared_weights__*", "*.x_compare__*", "*.x_column_check__*", "*.x_power__*",
+                      "*.x_pope_adversarial_gap__*", "*.x_settle__*", "*Bootstrap*", "*.x_run_figures__*",
+                      "*.x_in_column__*", "*.x__pope_standard_errors__*", "*.x_verdict__*", "*.x_void_reason__*"]),
     "teacher_parsing": (["reverie/teachers/parsing.py"], ["tests/test_teacher_answers.py", "tests/test_parsing.py"], None),
 }
 # what tests read from the repository root besides reverie/ and tests/ (tests/conftest.py's

@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .scoring import mme_label, parse_choice, pope_yes, reasoning_correct, short_answer_correct
+from .loaders import MME_COGNITION, MME_PERCEPTION
+from .scoring import mme_label, parse_choice, pope_yes, reasoning_correct, scienceqa_choice, short_answer_correct
 
 POPE_SPLITS = ("random", "popular", "adversarial")
 MME_SUBTASKS = ("existence", "count", "position", "color")
@@ -44,14 +45,24 @@ def _pope_counts(rows: list[dict]) -> list[float]:
     return out
 
 
-def _mme_counts(rows: list[dict]) -> list[float]:
+def _mme_task_counts(rows: list[dict], subtasks: tuple[str, ...]) -> list[float]:
     """Per subtask: right answers, questions, images with every answer right, images."""
     out = []
-    for task in MME_SUBTASKS:
+    for task in subtasks:
         mine = [r for r in rows if r.get("subtask") == task]
         right = [mme_label(r["answer"]) == r["label"].lower() for r in mine]
         out += [sum(right), len(right), float(bool(mine) and all(right)), float(bool(mine))]
     return out
+
+
+def _mme_counts(rows: list[dict]) -> list[float]:
+    """The synthetic MME-4's subtasks (its rows carry no `group`)."""
+    return _mme_task_counts([r for r in rows if not r.get("group")], MME_SUBTASKS)
+
+
+def _mme_group_counts(group: str, subtasks: tuple[str, ...]) -> Callable[[list[dict]], list[float]]:
+    """The real MME's perception or cognition subtasks (its rows carry their `group`)."""
+    return lambda rows: _mme_task_counts([r for r in rows if r.get("group") == group], subtasks)
 
 
 def _circular_counts(rows: list[dict]) -> list[float]:
@@ -94,8 +105,9 @@ def _pope_mean_f1(c: np.ndarray) -> float:
 
 
 def _mme_score(c: np.ndarray) -> float:
+    """Summed over the subtasks in `c` (four counts each): 100 * (acc + acc+) per subtask."""
     total = 0.0
-    for i in range(len(MME_SUBTASKS)):
+    for i in range(len(c) // 4):
         right, n, all_right, images = c[4 * i:4 * i + 4]
         if n:
             total += 100 * (right / n + all_right / images)
@@ -111,7 +123,11 @@ METRICS: dict[str, Metric] = {
        for split in POPE_SPLITS for what in ("f1", "accuracy", "yes_ratio")},
     "pope.mean_f1": Metric("pope", _pope_counts, _pope_mean_f1),
     "mme.score": Metric("mme", _mme_counts, _mme_score),
+    "mme.perception.score": Metric("mme", _mme_group_counts("perception", MME_PERCEPTION), _mme_score),
+    "mme.cognition.score": Metric("mme", _mme_group_counts("cognition", MME_COGNITION), _mme_score),
     "mmbench.circular_accuracy": Metric("mmbench", _circular_counts, _ratio),
+    "scienceqa.accuracy": Metric("scienceqa", _right_counts(lambda r: scienceqa_choice(r["answer"], len(r["options"]))
+                                                            == r["label"]), _ratio),
     "short_answer.accuracy": Metric("short_answer", _right_counts(lambda r: short_answer_correct(r["answer"], r["label"])), _ratio),
     "reasoning.accuracy": Metric("reasoning", _right_counts(reasoning_correct), _ratio),
 }
