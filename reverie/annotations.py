@@ -16,12 +16,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 from .data_import import image_files, image_id_for, safe_image_path, split_for, stable_fraction
 from .io import load_json_file
-from .world import Scene, SceneObject
+from .world import Scene, SceneObject, companions
 
 GRID = 3
 UNKNOWN_COLOR = "unknown"
@@ -71,24 +70,9 @@ def scene_object(i: int, kind: str, color: str, box_xywh, width: int, height: in
     return SceneObject(i, kind, color, size, row, col, (round(x), round(y), round(x + w), round(y + h)))
 
 
-def teacher_partners(scenes: list[Scene]) -> dict[str, str]:
-    """Each kind's most frequent companion (images holding both), the hard absent object the
-    teacher offers as a confusing answer; ties go to the alphabetically first kind."""
-    together: Counter = Counter()
-    for s in scenes:
-        for a, b in combinations(sorted(s.kinds()), 2):
-            together[a, b] += 1
-    best: dict[str, tuple[int, str]] = {}
-    for (a, b), n in together.items():
-        for kind, other in ((a, b), (b, a)):
-            if kind not in best or (-n, other) < (-best[kind][0], best[kind][1]):
-                best[kind] = (n, other)
-    return {kind: other for kind, (_, other) in sorted(best.items())}
-
-
 def _finish(candidates: list[tuple[Scene, Path]], kinds: list[str], settings, skipped: Counter) -> AnnotatedScenes:
     """Applies the object limit and `max_images` (a hash-ordered, so unbiased and stable,
-    subset), then derives the teacher's partners from the scenes kept."""
+    subset), then derives the teacher's partners from the train scenes kept."""
     kept = []
     for scene, path in candidates:
         if not scene.objects:
@@ -103,7 +87,7 @@ def _finish(candidates: list[tuple[Scene, Path]], kinds: list[str], settings, sk
     kept.sort(key=lambda sp: sp[0].image_id)
     scenes = [s for s, _ in kept]
     return AnnotatedScenes(scenes, {s.image_id: p for s, p in kept}, kinds,
-                           partners=teacher_partners(scenes), skipped=skipped)
+                           partners=companions([s for s in scenes if s.split == "train"]), skipped=skipped)
 
 
 # ---- COCO ---------------------------------------------------------------------------------

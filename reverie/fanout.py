@@ -43,7 +43,7 @@ def generate_shard(params_dump: dict, scene_jsons: list[dict], out_dir: str | No
 
     params = Params.model_validate(params_dump)
     scenes = [Scene.from_json(data) for data in scene_jsons]
-    write_image = (lambda scene: write_scene(scene, Path(out_dir))) if out_dir is not None else None
+    write_image = (lambda scene: write_scene(scene, Path(out_dir), params.world)) if out_dir is not None else None
     return teach_scenes(scenes, build_teacher(params.world, params.generate, params.project.seed), write_image)
 
 

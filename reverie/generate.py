@@ -14,7 +14,7 @@ from .settings import ParamsError
 from .records import filter_quality
 from .teachers.protocol import Teacher
 from .teachers.scene_graph import SceneGraphTeacher
-from .world import Scene, image_relpath, partner_map, sample_world, write_scene
+from .world import Scene, companions, image_relpath, sample_world, write_scene
 
 
 @dataclass
@@ -24,8 +24,10 @@ class GenerateResult:
 
 
 def build_teacher(world, generate, seed: int) -> SceneGraphTeacher:
-    """The synthetic world's teacher (with its text-only judge), ready to `teach` scenes."""
-    return SceneGraphTeacher(world.kinds, world.colors, partner_map(world), generate.template_version,
+    """The synthetic world's teacher (with its text-only judge), ready to `teach` scenes. The
+    companions it offers as plausible wrong objects are measured on the train scenes only."""
+    train, _ = sample_world(world, seed)
+    return SceneGraphTeacher(world.kinds, world.colors, companions(train), generate.template_version,
                              generate=generate, seed=seed)
 
 
@@ -61,7 +63,7 @@ def generate_dataset(params, out_dir: str | Path, render_images: bool = True, pr
         scenes = world_scenes(params)
 
         def write_image(scene: Scene) -> None:
-            write_scene(scene, out_dir)
+            write_scene(scene, out_dir, world)
     started = time.perf_counter()
     raw = teach_scenes(scenes, teacher, write_image if render_images else None, progress)
     elapsed = time.perf_counter() - started

@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .vocab import LETTER, SHORT, VARIANTS
+from .vocab import BASE_SKILLS, LETTER, SHORT, VARIANTS
 
 Variant = Literal[VARIANTS]  # reverie/vocab.py lists them
 
@@ -36,10 +36,15 @@ class WorldSettings(Section):
     colors: list[str] = ["red", "green", "blue", "yellow", "purple", "white"]
     min_objects: int = Field(2, ge=1)
     max_objects: int = Field(5, ge=1)
-    popularity_decay: float = Field(0.85, gt=0, le=1)
-    cooccurrence_pairs: list[tuple[str, str]] = [("circle", "cross"), ("square", "star")]
-    cooccurrence_bias: float = Field(0.5, ge=0, le=1)
+    popularity_decay: float = Field(0.85, gt=0, le=1)  # kind i of `kinds` has weight decay ** i
+    # scene types, each a group of kinds (none: one theme of every kind); a scene draws each new
+    # kind from its theme with probability theme_bias, else from every kind (0: no themes)
+    themes: list[list[str]] = []
+    theme_bias: float = Field(0.85, ge=0, le=1)
     repeat_bias: float = Field(0.3, ge=0, lt=1)  # chance that a further object repeats a kind already placed
+    faint_rate: float = Field(0.0, ge=0, le=1)  # share of objects in shadow, drawn at faint_contrast
+    faint_contrast: float = Field(0.3, gt=0, le=1)  # a faint object's colour: this share of the way from the background
+    noise: float = Field(0.0, ge=0, le=128)  # standard deviation of the pixel noise (0-255)
     train_images: int = Field(3000, ge=1)
     eval_images: int = Field(400, ge=1)
 
@@ -49,10 +54,13 @@ class WorldSettings(Section):
             raise ValueError("min_objects must not exceed max_objects")
         if self.image_size % self.grid:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of grid ({self.grid})")
-        for a, b in self.cooccurrence_pairs:
-            for k in (a, b):
-                if k not in self.kinds:
-                    raise ValueError(f"cooccurrence_pairs names {k!r}, which is not in kinds")
+        named = [k for theme in self.themes for k in theme]
+        for k in named:
+            if k not in self.kinds:
+                raise ValueError(f"themes names {k!r}, which is not in kinds")
+        if self.themes and sorted(named) != sorted(self.kinds):
+            raise ValueError("themes must hold every kind exactly once (missing or repeated: "
+                             f"{sorted(set(self.kinds) ^ set(named)) or sorted(k for k in set(named) if named.count(k) > 1)})")
         return self
 
 
@@ -238,6 +246,13 @@ class LoopSettings(Section):
         return self
 
 
+def _known_skills(skills: list[str]) -> list[str]:
+    unknown = sorted(set(skills) - set(BASE_SKILLS))
+    if unknown or not skills:
+        raise ValueError(f"unknown skill(s) {unknown}; known: {', '.join(BASE_SKILLS)}" if unknown else "name at least one skill")
+    return skills
+
+
 class BaseTrainSettings(LoopSettings):
     """The shared base: an alignment-like step on dense scene descriptions, trained once."""
 
@@ -249,8 +264,12 @@ class BaseTrainSettings(LoopSettings):
     min_lr_fraction: float = Field(0.1, gt=0, le=1)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = 0.0
-    existence_probes_per_image: int = Field(2, ge=0)
-    attribute_probes_per_image: int = Field(0, ge=0)  # pairs of colour and size questions
+    seeing_epochs: float = Field(1.5, ge=0)  # first: descriptions, kinds present and existence probes only
+    probes_per_image: int = Field(6, ge=0)  # then, per image and epoch: one-skill questions cycling through `skills`
+    # the one-skill questions of the second phase, in the order they cycle (a skill named twice is asked
+    # twice as often); every name is one of student/base.py SKILLS
+    skills: list[str] = ["existence", "choice_shape", "color", "count", "verify_color", "choice_shape", "choice_color",
+                         "verify_count", "existence", "verify_position", "shape", "choice_shape"]
     seed: int = 0
     checkpoint_every: int = Field(200, ge=1)
     # vision pretraining of the tiny tower (reverie/student/vision.py); 0 skips it
@@ -262,6 +281,8 @@ class BaseTrainSettings(LoopSettings):
     check_images: int = Field(200, ge=0)
     describe_check_images: int = Field(100, ge=0)
     min_existence_accuracy: float = Field(0.9, ge=0, le=1)
+
+    _skills = field_validator("skills")(classmethod(lambda cls, v: _known_skills(v)))
 
 
 class LoraSettings(Section):
@@ -325,6 +346,11 @@ class TuneSettings(LoopSettings):
     checkpoint_every: int = Field(100, ge=1)
     quick_eval_images: int = Field(100, ge=0)
     mix: MixSettings = MixSettings()
+    # the base's instruction questions (student/base.py SKILLS) mixed into every run, this many per
+    # train record, drawn once (the same for every variant and seed): the miniature's share of
+    # LLaVA-665k that the paper tunes on beside REVERIE's samples (measured without it: the
+    # baseline forgot the yes/no checks of colours it was trained on, MME colour 50 -> 3)
+    instruction_mix: float = Field(0.0, ge=0)
 
 
 def _relative_inside(path: str) -> str:
@@ -490,7 +516,13 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
 
 
 # keys that were settings once, and why they are gone: an old params.yaml is told what to do
-REMOVED_KEYS = {"generate.judge": "removed: each teacher brings its own judge; delete the line and keep generate.teacher"}
+REMOVED_KEYS = {
+    "base.existence_probes_per_image": "replaced by base.probes_per_image (questions of every skill, existence among them)",
+    "base.attribute_probes_per_image": "replaced by base.probes_per_image (questions of every skill, colours and sizes among them)",
+    "generate.judge": "removed: each teacher brings its own judge; delete the line and keep generate.teacher",
+    "world.cooccurrence_pairs": "replaced by world.themes (groups of kinds that appear together) and world.theme_bias",
+    "world.cooccurrence_bias": "replaced by world.theme_bias (the chance that a kind is drawn from the scene's theme)",
+}
 
 
 def _describe(exc: ValidationError, path: Path) -> str:

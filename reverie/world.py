@@ -1,19 +1,27 @@
 """The synthetic world: procedurally rendered scenes and their scene graphs.
 
 A scene is a grid of cells; each object sits alone in one cell, so objects never overlap and
-every object has a named position. Object kinds follow a popularity distribution and some
-kinds come in pairs (co-occurrence bias), so a model can learn the prior "a circle usually
-comes with a square" and hallucinate the partner when it is absent: what POPE's popular and
-adversarial splits probe.
+every object has a named position. Scenes have a theme, as photographs have a setting (a
+kitchen holds forks, cups and bowls): most of a scene's objects are drawn from its theme's
+kinds, each kind by its popularity. Some objects lie in shadow (`faint_rate`): drawn at a low
+contrast against the background, under the pixel noise every image carries, they are hard to
+see, as small or occluded objects are in photographs. A model that learned the themes then has a
+reason to say "yes" to an absent kind of the scene's theme when it cannot tell what a faint
+object is: the hallucination of co-occurring objects that POPE's adversarial split probes, and
+that its popular split (the most frequent kinds) and random split probe less.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from .vocab import image_path
@@ -42,6 +50,7 @@ class SceneObject:
     row: int
     col: int
     bbox: tuple[int, int, int, int]
+    faint: bool = False  # in shadow: drawn at world.faint_contrast (scene graphs of photographs: False)
 
 
 @dataclass
@@ -108,25 +117,27 @@ class WorldSampler:
         bad_colors = [c for c in settings.colors if c not in COLOR_RGB]
         if bad_colors:
             raise ValueError(f"world.colors: unknown colour(s) {bad_colors}; available: {list(COLOR_RGB)}")
-        self.partner = partner_map(settings)
-        weights = [settings.popularity_decay**i for i in range(len(settings.kinds))]
-        total = sum(weights)
-        self.popularity = {k: w / total for k, w in zip(settings.kinds, weights)}
+        # each theme's kinds weighted by their place in `kinds` (popularity_decay ** index)
+        self.themes = [list(t) for t in settings.themes] or [list(settings.kinds)]
+        self.weight = {k: settings.popularity_decay ** i for i, k in enumerate(settings.kinds)}
+
+    def _draw_kind(self, theme: int, rng: random.Random) -> str:
+        """From the scene's theme with probability theme_bias, else from every kind (theme_bias
+        0: no themes)."""
+        pool = self.themes[theme] if rng.random() < self.s.theme_bias else list(self.s.kinds)
+        return rng.choices(pool, weights=[self.weight[k] for k in pool])[0]
 
     def sample(self, rng: random.Random, image_id: str, split: str) -> Scene:
         s = self.s
         grid, cell = s.grid, s.image_size // s.grid
         n_objects = rng.randint(s.min_objects, min(s.max_objects, grid * grid))
+        theme = rng.randrange(len(self.themes))
         kinds: list[str] = []
         while len(kinds) < n_objects:
             if kinds and rng.random() < s.repeat_bias:
-                kind = rng.choice(kinds)  # another of a kind already here: counts of 2 and more are common
+                kinds.append(rng.choice(kinds))  # another of a kind already here: counts of 2 and more are common
             else:
-                kind = rng.choices(list(self.popularity), weights=list(self.popularity.values()))[0]
-            kinds.append(kind)
-            partner = self.partner.get(kind)
-            if partner and partner not in kinds and len(kinds) < n_objects and rng.random() < s.cooccurrence_bias:
-                kinds.append(partner)
+                kinds.append(self._draw_kind(theme, rng))
         cells = rng.sample(range(grid * grid), n_objects)
         objects = []
         for i, (kind, cell_index) in enumerate(zip(kinds, cells)):
@@ -137,7 +148,8 @@ class WorldSampler:
             cx = col * cell + cell / 2 + rng.randint(-slack, slack)
             cy = row * cell + cell / 2 + rng.randint(-slack, slack)
             bbox = (round(cx - radius), round(cy - radius), round(cx + radius), round(cy + radius))
-            objects.append(SceneObject(i, kind, rng.choice(s.colors), size, row, col, bbox))
+            color = rng.choice(s.colors)
+            objects.append(SceneObject(i, kind, color, size, row, col, bbox, faint=rng.random() < s.faint_rate))
         return Scene(image_id, split, s.image_size, s.image_size, grid, objects)
 
 
@@ -152,17 +164,37 @@ def count_question_kind(scene: Scene, rng: random.Random) -> str:
     return rng.choice(kinds)
 
 
+def absent_kind(scene: Scene, kinds: list[str], rng: random.Random) -> str | None:
+    """A kind the scene lacks, drawn uniformly: the one rule by which training asks about an
+    absent object (the base's probes, the teacher's existence questions). Never by frequency or
+    co-occurrence, the rules of POPE's popular and adversarial splits: training on those
+    negatives would teach the student the very test that measures its hallucinations."""
+    absent = [k for k in kinds if k not in scene.kinds()]
+    return rng.choice(absent) if absent else None
+
+
 def confusing_count(n: int, rng: random.Random) -> int:
     """A wrong count drawn evenly from 1 to max(3, n + 1), so that neither "one more" nor "one
     less" gives the wrong answer away."""
     return rng.choice([k for k in range(1, max(3, n + 1) + 1) if k != n])
 
 
-def render(scene: Scene) -> Image.Image:
+def render(scene: Scene, world=None) -> Image.Image:
+    """The scene's image: faint objects blended into the background at `world.faint_contrast`,
+    then Gaussian pixel noise of standard deviation `world.noise` (0-255 scale), seeded by the
+    image id so that an image is the same on every machine. Without `world`: neither."""
+    faint_contrast, noise = (world.faint_contrast, world.noise) if world is not None else (1.0, 0.0)
     image = Image.new("RGB", (scene.width, scene.height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        _draw_shape(draw, obj.kind, obj.bbox, COLOR_RGB[obj.color])
+        rgb = COLOR_RGB[obj.color]
+        if obj.faint:
+            rgb = tuple(round(b + faint_contrast * (c - b)) for c, b in zip(rgb, BACKGROUND))
+        _draw_shape(draw, obj.kind, obj.bbox, rgb)
+    if noise > 0:
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(scene.image_id.encode()).digest()[:8], "big"))
+        pixels = np.asarray(image, dtype=np.float32) + rng.normal(0.0, noise, (scene.height, scene.width, 3))
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
     return image
 
 
@@ -198,12 +230,21 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, bbox, rgb) -> None:
         raise ValueError(kind)
 
 
-def partner_map(world) -> dict[str, str]:
-    """Each kind of a co-occurrence pair mapped to the other (world.cooccurrence_pairs)."""
-    partners: dict[str, str] = {}
-    for a, b in world.cooccurrence_pairs:
-        partners[a], partners[b] = b, a
-    return partners
+def companions(scenes: list[Scene]) -> dict[str, str]:
+    """Each kind's most frequent companion (images holding both) in `scenes`, ties to the
+    alphabetically first kind: the plausible absent object the teachers offer as a confusing
+    answer. Measured on the scenes a teacher is given (the train scenes, or a source's), as
+    POPE measures co-occurrence on its annotations."""
+    together: Counter = Counter()
+    for s in scenes:
+        for a, b in combinations(sorted(s.kinds()), 2):
+            together[a, b] += 1
+    best: dict[str, tuple[int, str]] = {}
+    for (a, b), n in together.items():
+        for kind, other in ((a, b), (b, a)):
+            if kind not in best or (-n, other) < (-best[kind][0], best[kind][1]):
+                best[kind] = (n, other)
+    return {kind: other for kind, (_, other) in sorted(best.items())}
 
 
 def sample_world(settings, seed: int) -> tuple[list[Scene], list[Scene]]:
@@ -219,10 +260,10 @@ def image_relpath(scene: Scene) -> str:
     return image_path(scene.split, scene.image_id)
 
 
-def write_scene(scene: Scene, root: Path) -> Path:
+def write_scene(scene: Scene, root: Path, world=None) -> Path:
     path = root / image_relpath(scene)
     path.parent.mkdir(parents=True, exist_ok=True)
-    render(scene).save(path, format="PNG")
+    render(scene, world).save(path, format="PNG")
     return path
 
 

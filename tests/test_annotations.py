@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from reverie.annotations import read_annotations, teacher_partners
+from reverie.annotations import read_annotations
 from reverie.evaluation.suites import object_statistics, pope
 from reverie.records import PUBLISHED_FIELDS, filter_quality
 from reverie.settings import AnnotationSettings, GenerateSettings
 from reverie.teachers.judge import SceneGraphJudge
 from reverie.teachers.annotated import AnnotatedSceneTeacher, contradiction
-from reverie.world import Scene, SceneObject, position_name
+from reverie.world import Scene, SceneObject, companions, position_name
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "traffic light"},
               {"id": 4, "name": "car"}, {"id": 5, "name": "bicycle"}]
@@ -82,7 +82,10 @@ def test_coco_scenes_have_the_annotated_kinds_sizes_and_cells(coco):
     assert by_id["val__000001"].objects[0].bbox == (0, 0, 150, 150)
     assert dict(source.skipped) == {"crowd_region": 1, "no_objects": 1, "image_not_found": 1}
     assert source.kinds == ["bicycle", "car", "dog", "person", "traffic light"]  # every category, present or not
-    assert source.partners["car"] == "person" and source.partners["dog"] == "person"  # ties: first by name
+    # partners are measured on the train scenes only: image 1 (dog, person, traffic light) is a
+    # train image and image 2 (person, person, car) an eval one, so the car has no partner
+    assert [s.split for s in source.scenes] == ["train", "eval"]
+    assert source.partners == {"dog": "person", "person": "dog", "traffic light": "dog"}  # ties: first by name
     assert source.paths["val__000002"].name == "000002.jpg"
     # the split is a hash of the id: the same on every run, whatever else is in the file
     assert [s.split for s in read_annotations(coco).scenes] == [s.split for s in source.scenes]
@@ -156,7 +159,46 @@ def test_partners_are_the_most_frequent_companions():
         return Scene("x", "train", 3, 3, 3, [SceneObject(i, k, "red", "small", 0, 0, (0, 0, 1, 1)) for i, k in enumerate(kinds)])
 
     scenes = [scene("cup", "table"), scene("cup", "table", "chair"), scene("chair", "table"), scene("chair", "lamp")]
-    assert teacher_partners(scenes) == {"chair": "table", "cup": "table", "lamp": "chair", "table": "chair"}
+    assert companions(scenes) == {"chair": "table", "cup": "table", "lamp": "chair", "table": "chair"}
+
+
+def test_partners_come_from_the_train_scenes_only():
+    """The eval images' co-occurrences must not reach the teacher: on the train images cup goes
+    with table (twice) and chair with lamp; the eval images pair cup with chair, ten times."""
+    from reverie.annotations import _finish
+
+    def scene(image_id, split, *kinds):
+        return (Scene(image_id, split, 90, 90, 3, [SceneObject(i, k, "red", "small", 0, i, (0, 0, 10, 10))
+                                                   for i, k in enumerate(kinds)]), Path(f"{image_id}.jpg"))
+
+    candidates = [scene("t1", "train", "cup", "table"), scene("t2", "train", "cup", "table"),
+                  scene("t3", "train", "chair", "lamp")]
+    candidates += [scene(f"e{i}", "eval", "cup", "chair") for i in range(10)]
+    settings = AnnotationSettings(format="coco", path="unused.json", images_dir=".")
+    source = _finish(candidates, ["chair", "cup", "lamp", "table"], settings, Counter())
+    assert len(source.scenes) == 13
+    assert source.partners == {"chair": "lamp", "cup": "table", "lamp": "chair", "table": "cup"}
+    # measured on every scene, cup and chair would be partners
+    assert companions([s for s, _ in candidates])["cup"] == "chair"
+
+
+def test_the_annotated_judge_reads_plural_counts():
+    """Counts are keyed by the kind's plural ("There are 3 people", "traffic lights"), so that a
+    count and the singular "exactly one person" name one kind."""
+    assert contradiction("There are 2 people in the image. So the answer is 2.",
+                         "The answer 3 is wrong. There are 2 people in the image.") is None
+    assert contradiction("There are 2 traffic lights in the image. There is a small unknown traffic light at the top. "
+                         "So the answer is 2.", "The answer 3 is wrong. There is a large red traffic light at the center.") is None
+    assert contradiction("There are 2 people in the image. So the answer is 2.",
+                         "The answer 3 is wrong. There are 3 people in the image.") == \
+        "the positive rationale counts 2 people, the negative one 3"
+    assert contradiction("There is exactly one person in the image. So the answer is 1.",
+                         "The answer 2 is wrong. There are 2 people in the image.") == \
+        "the positive rationale counts 1 people, the negative one 2"
+    assert contradiction("There are 2 traffic lights in the image. So the answer is 2.",
+                         "The answer 3 is wrong. There is a small unknown traffic light at the top. There is a small "
+                         "unknown traffic light at the center. There is a large unknown traffic light at the bottom.") == \
+        "the rationales count 2 traffic lights but place 3"
 
 
 # ---- the scene-graph teacher on annotated scenes ------------------------------------------------
@@ -167,18 +209,27 @@ def teach(source, noise_rate: float, seed: int = 3) -> list[dict]:
     return teacher.teach(source.scenes).records
 
 
+PLURALS = {"person": "people", "dog": "dogs", "traffic light": "traffic lights", "car": "cars", "bicycle": "bicycles"}
+
+
+def singular(scene: Scene, kinds: str) -> str:
+    """The kind a plural names: CATEGORIES' plurals written out by hand."""
+    (kind,) = [k for k, p in PLURALS.items() if p == kinds]
+    return kind
+
+
 def truth(scene: Scene, record: dict) -> str | None:
     """The answer the annotations give to the record's question, for the forms that name it."""
     q = record["question"]
     if m := re.match(r"Is there a (.+) in the image\?", q):
         return "yes" if m.group(1) in scene.kinds() else "no"
-    if m := re.match(r"How many (.+)s are there", q):
-        return str(scene.count(m.group(1)))
+    if m := re.match(r"How many (.+) are there", q):
+        return str(scene.count(singular(scene, m.group(1))))
     if m := re.match(r"Where is the (.+) in the image\?", q):
         (obj,) = [o for o in scene.objects if o.kind == m.group(1)]
         return position_name(obj.row, obj.col, scene.grid)
-    if m := re.match(r"Are there more (.+)s than (.+)s in the image\?", q):
-        return "yes" if scene.count(m.group(1)) > scene.count(m.group(2)) else "no"
+    if m := re.match(r"Are there more (.+) than (.+) in the image\?", q):
+        return "yes" if scene.count(singular(scene, m.group(1))) > scene.count(singular(scene, m.group(2))) else "no"
     return None
 
 
@@ -201,6 +252,9 @@ def test_teacher_answers_match_the_annotations_and_the_judge_accepts_them(tmp_pa
             position = r["question"].split("at the ")[1].split("?")[0].split(".")[0]
             assert sum(position_name(o.row, o.col, 3) == position for o in scene.objects) == 1
     assert checked >= len(records) // 2
+    # counts name the kind by its plural, irregular ones too (never "persons")
+    assert any(r["question"].startswith("How many people are there") for r in records)
+    assert not any("persons" in r["question"] + r["correct_rationale"] + r["incorrect_rationale"] for r in records)
     # the synthetic world's "What shape is the object ...?" is asked as "What is the object ...?"
     assert any(r["question"].startswith("What is the object at the ") for r in records)
     assert {r["provenance"]["template_version"] for r in records} == {"sg-v1"}

@@ -15,10 +15,13 @@ from reverie.io import DataFileError
 from reverie.settings import WorldSettings
 from reverie.world import sample_world
 
+THEMES = [["circle", "square", "triangle", "star"], ["cross", "bar", "pole", "ring"]]
+THEME_OF = {k: i for i, theme in enumerate(THEMES) for k in theme}
+
 
 @pytest.fixture(scope="module")
 def world():
-    settings = WorldSettings(train_images=400, eval_images=40, min_objects=3, cooccurrence_bias=0.9)
+    settings = WorldSettings(train_images=400, eval_images=40, min_objects=3, themes=THEMES, theme_bias=0.95)
     train, held_out = sample_world(settings, seed=5)
     return settings, train, held_out
 
@@ -47,19 +50,41 @@ def test_popular_and_adversarial_negatives_follow_frequency_and_cooccurrence(wor
     negatives = lambda split: Counter(it.extra["object"] for it in items if it.extra["split"] == split and it.label == "no")
     most_frequent = max(freq, key=freq.get)
     assert negatives("popular")[most_frequent] >= negatives("random")[most_frequent]
-    # with a strong co-occurrence bias, the adversarial negatives are mostly absent partners
-    partners = {"circle": "cross", "cross": "circle", "square": "star", "star": "square"}
-    adversarial = [it for it in items if it.extra["split"] == "adversarial" and it.label == "no"]
-    hits = 0
-    for it in adversarial:
-        scene = next(s for s in held_out if it.image.endswith(s.image_id + ".png"))
-        hits += any(partners.get(k) == it.extra["object"] for k in scene.kinds())
-    randoms = [it for it in items if it.extra["split"] == "random" and it.label == "no"]
-    rand_hits = 0
-    for it in randoms:
-        scene = next(s for s in held_out if it.image.endswith(s.image_id + ".png"))
-        rand_hits += any(partners.get(k) == it.extra["object"] for k in scene.kinds())
-    assert hits > rand_hits
+    # with strong themes, the adversarial negatives are mostly absent kinds of a present kind's
+    # theme (the kinds that co-occur with it), the random ones much less often
+    scenes = {f"images/eval/{s.image_id}.png": s for s in held_out}
+
+    def same_theme_share(split):
+        negs = [it for it in items if it.extra["split"] == split and it.label == "no"]
+        return sum(THEME_OF[it.extra["object"]] in {THEME_OF[k] for k in scenes[it.image].kinds()}
+                   for it in negs) / len(negs)
+
+    assert same_theme_share("adversarial") > 0.5
+    assert same_theme_share("adversarial") > same_theme_share("random") + 0.2
+    # and they are not the popular ones: the two splits differ on most images
+    differ = sum({it.extra["object"] for it in items if it.image == image and it.extra["split"] == "popular" and it.label == "no"}
+                 != {it.extra["object"] for it in items if it.image == image and it.extra["split"] == "adversarial"
+                     and it.label == "no"} for image in scenes)
+    assert differ >= len(scenes) / 2
+
+
+def test_popular_and_adversarial_negatives_differ_on_half_the_eval_images_of_the_shipped_world():
+    """Issue 23's headroom: POPE's popular and adversarial splits must ask about different absent
+    objects on at least half the eval images of the default world, or they measure the same thing."""
+    from reverie.settings import load_params
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml")
+    train, held_out = sample_world(params.world, params.project.seed)
+    freq, together = object_statistics(train)
+    items = pope(held_out, params.world.kinds, freq, together, params.evaluate.pope_objects, seed=params.project.seed)
+    negatives: dict = {}
+    for it in items:
+        if it.label == "no":
+            negatives.setdefault(it.image, {}).setdefault(it.extra["split"], set()).add(it.extra["object"])
+    assert len(negatives) >= 0.9 * len(held_out)
+    differ = sum(n["popular"] != n["adversarial"] for n in negatives.values())
+    assert differ >= len(held_out) / 2, (differ, len(held_out))
 
 
 def test_popular_and_adversarial_negatives_are_chosen_as_pope_chooses_them():

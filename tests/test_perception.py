@@ -9,7 +9,7 @@ from reverie.evaluation.suites import Item, multiple_choice_items, short_answers
 from reverie.evaluation.chance import BlindPrior, reference_rows
 from reverie.evaluation.perception import description_recall, existence_probes, shuffled
 from reverie.settings import WorldSettings
-from reverie.world import Scene, SceneObject, confusing_count, count_question_kind, partner_map, sample_world
+from reverie.world import Scene, SceneObject, confusing_count, count_question_kind, sample_world
 
 
 def obj(i, kind, color="red", size="small", row=0, col=0):
@@ -19,23 +19,38 @@ def obj(i, kind, color="red", size="small", row=0, col=0):
 def test_existence_probes_are_balanced_and_true_of_the_scene():
     world = WorldSettings(train_images=1, eval_images=60)
     _, scenes = sample_world(world, seed=3)
-    questions, labels = existence_probes(scenes, world.kinds, partner_map(world))
-    assert sum(labels) * 2 == len(labels)
+    questions, labels = existence_probes(scenes, world.kinds)
+    assert sum(labels) * 2 == len(labels) == 2 * len(scenes)
     by_image = {s.image_id: s for s in scenes}
-    traps = 0
     for q, label in zip(questions, labels):
         scene = by_image[q.qid.split(":")[0]]
         kind = q.qid.split(":")[1]
         assert (kind in scene.kinds()) is label
         assert f"Is there a {kind} in the image?" in q.text
-        traps += not label and kind in {partner_map(world).get(k) for k in scene.kinds()}
-    assert traps > 0  # absent co-occurring partners are asked
+    assert existence_probes(scenes, world.kinds) == (questions, labels)  # seeded
+    assert existence_probes(scenes, world.kinds, seed=1) != (questions, labels)
+
+
+def test_existence_probes_draw_the_absent_kind_uniformly():
+    """No preference for the absent kinds that co-occur with those present (POPE's adversarial
+    rule) or the frequent ones (its popular rule): each absent kind is asked about as often."""
+    kinds = ["circle", "square", "triangle", "star", "cross", "bar", "pole", "ring"]
+    present = ["circle", "square", "cross"]
+    scenes = [Scene(f"s{i}", "eval", 48, 48, 3, [obj(j, k, row=j) for j, k in enumerate(present)]) for i in range(1000)]
+    questions, labels = existence_probes(scenes, kinds, seed=0)
+    asked = Counter(q.qid.split(":")[1] for q, label in zip(questions, labels) if not label)
+    # 1000 draws from 5 absent kinds: 200 each, binomial SD sqrt(1000 * 0.2 * 0.8) = 12.6
+    assert set(asked) == {"triangle", "star", "bar", "pole", "ring"}
+    assert all(abs(n - 200) < 4 * 12.6 for n in asked.values()), asked
+    # a scene that holds every kind has no absent kind to ask about: it is left out
+    full = Scene("full", "eval", 48, 48, 3, [obj(j, k, row=j // 3, col=j % 3) for j, k in enumerate(kinds)])
+    assert existence_probes([full], kinds) == ([], [])
 
 
 def test_the_shuffled_control_moves_every_question_to_another_image():
     world = WorldSettings(train_images=1, eval_images=10)
     _, scenes = sample_world(world, seed=0)
-    questions, _ = existence_probes(scenes, world.kinds, partner_map(world))
+    questions, _ = existence_probes(scenes, world.kinds)
     moved = shuffled(questions)
     assert [q.text for q in moved] == [q.text for q in questions]
     assert all(m.image != q.image for m, q in zip(moved, questions))

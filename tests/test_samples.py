@@ -19,6 +19,10 @@ PROMPTS = PromptSettings()
     ("pos", ["response", "positive"]),
     ("neg", ["response", "negative"]),
     ("pos_neg", ["response", "positive", "negative"]),
+    # the controls: pos_neg with rationales from another image (a lone record keeps its own),
+    # and the response-only baseline at a third of the steps
+    ("pos_neg_shuffled", ["response", "positive", "negative"]),
+    ("response_1x", ["response"]),
 ])
 def test_each_variant_builds_its_conversations(variant, kinds):
     convs = build_variant([RECORD], variant, PROMPTS)
@@ -36,7 +40,8 @@ def test_each_variant_builds_its_conversations(variant, kinds):
 
 
 def test_unknown_variant_is_refused():
-    with pytest.raises(ValueError, match="unknown variant"):
+    with pytest.raises(ValueError, match="unknown variant 'both'; expected one of response, pos, neg, pos_neg, "
+                                         "pos_neg_shuffled, response_1x"):
         build_variant([RECORD], "both", PROMPTS)
 
 

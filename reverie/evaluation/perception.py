@@ -11,24 +11,20 @@ from collections import Counter
 from pathlib import Path
 
 from ..student.base import DESCRIBE, EXISTENCE, parse_description
-from ..world import Scene, image_relpath, position_name
+from ..world import Scene, absent_kind, image_relpath, position_name
 from .decode import Answerer, Question
 from .scoring import pope_yes
 
-def existence_probes(scenes: list[Scene], kinds: list[str], partners: dict[str, str],
-                     seed: int = 0) -> tuple[list[Question], list[bool]]:
-    """One present and one absent kind per scene (POPE-style balance); the absent one is the
-    co-occurring partner of a present kind half the time (the hallucination trap)."""
+def existence_probes(scenes: list[Scene], kinds: list[str], seed: int = 0) -> tuple[list[Question], list[bool]]:
+    """One present and one absent kind per scene (POPE-style balance), the absent one drawn
+    uniformly (POPE's adversarial split measures the co-occurring ones)."""
     questions, labels = [], []
     for scene in scenes:
         rng = random.Random(f"{seed}:perception:{scene.image_id}")
-        present = sorted(scene.kinds())
-        absent = [k for k in kinds if k not in present]
-        if not absent:
+        no = absent_kind(scene, kinds, rng)
+        if no is None:
             continue
-        traps = sorted({partners[k] for k in present if k in partners} - set(present))
-        no = rng.choice(traps) if traps and rng.random() < 0.5 else rng.choice(absent)
-        for kind, label in ((rng.choice(present), True), (no, False)):
+        for kind, label in ((rng.choice(sorted(scene.kinds())), True), (no, False)):
             questions.append(Question(f"{scene.image_id}:{kind}", image_relpath(scene), EXISTENCE.format(kind=kind)))
             labels.append(label)
     return questions, labels
@@ -66,9 +62,9 @@ def description_recall(scenes: list[Scene], descriptions: list[str]) -> dict[str
 
 
 def perception_check(model, processor, scenes: list[Scene], images_root: str | Path, kinds: list[str],
-                     partners: dict[str, str], batch_size: int = 128, describe: int = 100) -> dict:
+                     batch_size: int = 128, describe: int = 100) -> dict:
     """The figures above for `scenes`, answered by greedy decoding."""
-    questions, labels = existence_probes(scenes, kinds, partners)
+    questions, labels = existence_probes(scenes, kinds)
     answerer = Answerer(model, processor, images_root, max_new_tokens=3)
     said_yes = [pope_yes(a) for a in answerer.answer(questions, batch_size, progress=False)]
     shuffled_yes = [pope_yes(a) for a in answerer.answer(shuffled(questions), batch_size, progress=False)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..world import load_scenes, partner_map
+from ..world import load_scenes
 
 
 def heldout_check(params, model_dir: str | Path, data_dir: str | Path) -> dict:
@@ -18,7 +18,7 @@ def heldout_check(params, model_dir: str | Path, data_dir: str | Path) -> dict:
     if not n or len(scenes) < 2:
         return {}
     model, processor, _ = load_tuned(model_dir)
-    figures = perception_check(model, processor, scenes, data_dir, params.world.kinds, partner_map(params.world),
+    figures = perception_check(model, processor, scenes, data_dir, params.world.kinds,
                                params.evaluate.batch_size, describe=0)
     return {"heldout_yes_no_accuracy": figures["heldout_existence_accuracy"],
             "heldout_yes_ratio": figures["heldout_yes_ratio"],

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
-from ..vocab import LETTER, SHORT
+from ..vocab import LETTER, SHORT, plural
 from ..world import Scene, confusing_count, count_question_kind, image_relpath, position_name
 from .scoring import LETTERS, rotations
 
@@ -85,7 +85,7 @@ def mme(scenes: list[Scene], kinds: list[str], colors: list[str], seed: int) -> 
         kind = count_question_kind(scene, rng)
         n = scene.count(kind)
         wrong = confusing_count(n, rng)
-        pairs["count"] = (f"Is the number of {kind}s in this image {n}?", f"Is the number of {kind}s in this image {wrong}?")
+        pairs["count"] = (f"Is the number of {plural(kind)} in this image {n}?", f"Is the number of {plural(kind)} in this image {wrong}?")
         if unique:
             obj = rng.choice(unique)
             here = position_name(obj.row, obj.col, scene.grid)
@@ -139,7 +139,7 @@ def short_answers(scenes: list[Scene], seed: int) -> list[Item]:
         rng = random.Random(f"{seed}:short:{scene.image_id}")
         kind = count_question_kind(scene, rng)
         items.append(Item("short_answer", f"short-count-{scene.image_id}", image_relpath(scene),
-                          f"How many {kind}s are there in the image?\n{SHORT}", str(scene.count(kind)), {"category": "count"}))
+                          f"How many {plural(kind)} are there in the image?\n{SHORT}", str(scene.count(kind)), {"category": "count"}))
         unique = [o for o in scene.objects if scene.count(o.kind) == 1]
         if unique:
             obj = rng.choice(unique)

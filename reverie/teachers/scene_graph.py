@@ -18,8 +18,9 @@ import random
 from dataclasses import dataclass, field
 
 from ..records import make_record
-from ..vocab import LETTER, SHORT
-from ..world import Scene, SceneObject, confusing_count, count_question_kind, image_relpath, position_name
+from ..vocab import LETTER, SHORT, plural
+from ..world import (Scene, SceneObject, absent_kind, confusing_count, count_question_kind, image_relpath,
+                     position_name)
 from .judge import SceneGraphJudge
 from .protocol import Taught
 
@@ -44,7 +45,7 @@ class Fact:
             return f"There is no {self.subject} in the image."
         if self.count == 1:
             return f"There is exactly one {self.subject} in the image."
-        return f"There are {self.count} {self.subject}s in the image."
+        return f"There are {self.count} {plural(self.subject)} in the image."
 
 
 @dataclass
@@ -145,15 +146,6 @@ class SceneGraphTeacher:
     def _unique(self, scene: Scene) -> list[SceneObject]:
         return [o for o in scene.objects if scene.count(o.kind) == 1]
 
-    def _absent_hard(self, scene: Scene, rng: random.Random) -> str | None:
-        """An absent kind, preferring the co-occurring partner of a present one."""
-        present = scene.kinds()
-        partners = sorted({self.partners[k] for k in present if k in self.partners} - present)
-        if partners and rng.random() < 0.7:
-            return rng.choice(partners)
-        absent = [k for k in self.kinds if k not in present]
-        return rng.choice(absent) if absent else None
-
     def existence_yes_no(self, scene, rng):
         objects = sorted(scene.objects, key=lambda o: (o.row, o.col))
         if rng.random() < 0.5:
@@ -161,7 +153,7 @@ class SceneGraphTeacher:
             facts = [object_fact(scene, o) for o in objects if o.kind == obj.kind]
             return QAItem(f"Is there a {obj.kind} in the image?\n{SHORT}", "yes_no", "existence", "yes", "no",
                           None, facts, facts)
-        kind = self._absent_hard(scene, rng)
+        kind = absent_kind(scene, self.kinds, rng)  # uniform: never POPE's popular or adversarial rule
         if kind is None:
             return None
         listing = [object_fact(scene, o) for o in objects]
@@ -175,7 +167,7 @@ class SceneGraphTeacher:
         wrong = confusing_count(n, rng)
         facts = [object_fact(scene, o) for o in scene.objects if o.kind == kind]
         count = Fact("count", kind, count=n)
-        return QAItem(f"How many {kind}s are there in the image?\n{SHORT}", "short_answer", "counting",
+        return QAItem(f"How many {plural(kind)} are there in the image?\n{SHORT}", "short_answer", "counting",
                       str(n), str(wrong), None, facts + [count], [count] + facts)
 
     def _neighbour_with_other(self, scene, obj, attr) -> SceneObject | None:
@@ -256,7 +248,7 @@ class SceneGraphTeacher:
         facts = [Fact("count", a, count=na) if na else Fact("absent", a),
                  Fact("count", b, count=nb) if nb else Fact("absent", b)]
         facts += [object_fact(scene, o) for o in scene.objects if o.kind in (a, b)]
-        return QAItem(f"Are there more {a}s than {b}s in the image?\n{SHORT}", "yes_no", "comparison",
+        return QAItem(f"Are there more {plural(a)} than {plural(b)} in the image?\n{SHORT}", "yes_no", "comparison",
                       truth, "no" if truth == "yes" else "yes", None, facts, facts)
 
     def comparison_multiple_choice(self, scene, rng):
