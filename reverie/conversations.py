@@ -8,12 +8,14 @@ The four variants, each sample its own conversation ("separate contexts"):
   pos:      response samples + (question -> answer, positive prompt -> positive rationale)
   neg:      response samples + (question -> answer, negative prompt -> negative rationale)
   pos_neg:  all three kinds
+and the controls (reverie/vocab.py): pos_neg with another image's rationales, and response.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
-from .vocab import IMAGE_TOKEN, VARIANT_RATIONALES
+from .vocab import IMAGE_TOKEN, VARIANT_RATIONALES, VARIANT_SPECS
 
 RESPONSE, RATIONALE = 1, 2
 
@@ -48,9 +50,41 @@ def conversations_for(record: dict, variant: str, prompts) -> list[Conversation]
 
 
 def build_variant(records: list[dict], variant: str, prompts) -> list[Conversation]:
-    if variant not in VARIANT_RATIONALES:
-        raise ValueError(f"unknown variant {variant!r}; expected response, pos, neg or pos_neg")
+    if variant not in VARIANT_SPECS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANT_SPECS)}")
+    if VARIANT_SPECS[variant].shuffled_rationales:
+        records = shuffled_rationales(records)
     return [c for r in records for c in conversations_for(r, variant, prompts)]
+
+
+def shuffled_rationales(records: list[dict]) -> list[dict]:
+    """The records with each one's two rationales taken from another image's record of the same
+    question type and reasoning (so of the same form and length), keeping its own question,
+    answers and prompts: the shuffled-rationale control trains as much rationale text as
+    `pos_neg`, none of it about its image. Within a group the records are ordered by image (a
+    hash of its path) and id, and the rationales rotate by the largest number of records one
+    image has there: a permutation, so every rationale is used once, and one that moves each to
+    another image unless one image holds more than half of the group (those keep their own). The
+    order is fixed: the same for every run and seed."""
+    def key(r: dict) -> tuple[str, str]:
+        return (hashlib.sha256(str(r["image"]).encode()).hexdigest(), hashlib.sha256(str(r["id"]).encode()).hexdigest())
+
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault((r.get("question_type"), r.get("reasoning")), []).append(i)
+    out = list(records)
+    for members in groups.values():
+        order = sorted(members, key=lambda i: key(records[i]))
+        per_image: dict[str, int] = {}
+        for i in order:
+            per_image[records[i]["image"]] = per_image.get(records[i]["image"], 0) + 1
+        shift = max(per_image.values())
+        for k, i in enumerate(order):
+            donor = records[order[(k + shift) % len(order)]]
+            if donor["image"] != records[i]["image"]:
+                out[i] = records[i] | {"correct_rationale": donor["correct_rationale"],
+                                       "incorrect_rationale": donor["incorrect_rationale"]}
+    return out
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, replace
@@ -11,12 +12,13 @@ import torch
 
 from .environment import environment
 from .io import atomic_dir, model_fingerprint, read_jsonl, write_json, write_text
-from .vocab import run_name
-from .world import image_relpath, load_scenes, partner_map
+from .vocab import MAIN_VARIANTS, VARIANT_SPECS, run_name
+from .world import image_relpath, load_scenes
 from .student.base import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
-from .student.samples import ChatEncoder, build_variant, to_llava_json
-from .student.train import ImageTable, TrainConfig, checkpoint_dir, image_source, remove_checkpoints, train
+from .student.samples import RESPONSE, ChatEncoder, build_variant, to_llava_json
+from .student.train import (ImageTable, TrainConfig, checkpoint_dir, image_source, length_grouped_batches,
+                            remove_checkpoints, train)
 from .tracking import RUN_ID_FILE, RunLogger, project_run
 
 
@@ -43,8 +45,7 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     torch.manual_seed(base.seed)
     train_scenes = [s for s in scenes.values() if s.split == "train"]
     records = read_jsonl(Path(split_dir) / "train.jsonl")
-    partners = partner_map(params.world)
-    conversations, batches = base_curriculum(train_scenes, params.world.kinds, partners, base, image_relpath)
+    conversations, batches = base_curriculum(train_scenes, params.world.kinds, params.world.colors, base, image_relpath)
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
@@ -117,7 +118,7 @@ def _perception(params, model, processor, held_out, data_dir) -> dict:
     from .evaluation.perception import perception_check
 
     figures = perception_check(model.eval(), processor, held_out[: base.check_images], data_dir, params.world.kinds,
-                               partner_map(params.world), params.evaluate.batch_size, base.describe_check_images)
+                               params.evaluate.batch_size, base.describe_check_images)
     model.train()
     return {"perception_measured": True, **figures}
 
@@ -184,6 +185,26 @@ def mix_conversations(mix) -> tuple[list, dict]:
     return picked, {"mix_conversations": k, "mix_available": n, "mix_set_aside": len(quarantined)}
 
 
+def instruction_conversations(params, data_dir: str | Path, records: int) -> tuple[list, dict]:
+    """`tune.instruction_mix` x `records` of the base's one-skill questions about the train scenes
+    (reverie/student/base.py), drawn with a fixed seed: every variant and seed tunes on the same
+    ones. None without scene graphs (a folder of photographs): there is nothing to ask them from."""
+    import random
+
+    from .student.base import probe_conversations
+
+    wanted = round(params.tune.instruction_mix * records)
+    scenes = sorted((s for s in load_scenes(data_dir).values() if s.split == "train"), key=lambda s: s.image_id) \
+        if wanted and (Path(data_dir) / "scenes" / "scenes.jsonl").exists() else []
+    if not scenes:
+        return [], {}
+    per_image = max(1, -(-wanted // len(scenes)))
+    pool = probe_conversations(scenes, params.world.kinds, params.world.colors, per_image, 7919, image_relpath,
+                               tuple(params.base.skills))
+    chosen = sorted(random.Random(7919).sample(range(len(pool)), min(wanted, len(pool))))
+    return [pool[i] for i in chosen], {"instruction_conversations": len(chosen)}
+
+
 def apply_lora(model, lora):
     """LoRA on the language model; the projector is trained in full (LLaVA-1.5's recipe)."""
     from peft import LoraConfig, get_peft_model
@@ -193,6 +214,19 @@ def apply_lora(model, lora):
                         target_modules=rf".*language_model.*\.({targets})$",
                         modules_to_save=["multi_modal_projector"])
     return get_peft_model(model, config)
+
+
+def step_budget(records: int, mixed: int, epochs: float, batch_size: int) -> int:
+    """The optimizer steps every main variant trains: `epochs` passes over the largest variant's
+    samples (a record gives 1 + its rationale samples; the mix's conversations one each). Equal
+    steps of equal batches, and one answer per sample, give every variant the same answer
+    exposures: the response-only baseline sees each answer as often as pos_neg does."""
+    per_record = 1 + max(len(VARIANT_SPECS[v].rationales) for v in MAIN_VARIANTS)
+    return max(1, math.ceil(epochs * (per_record * records + mixed) / batch_size))
+
+
+def answer_turns(conversation) -> int:
+    return sum(turn.target == RESPONSE for turn in conversation.turns)
 
 
 def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir: str | Path, split_dir: str | Path,
@@ -214,6 +248,8 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     records = read_jsonl(Path(split_dir) / "train.jsonl")
     conversations = build_variant(records, variant, tune.prompts)
     mixed, mix_counts = mix_conversations(tune.mix) if tune.mix.path else ([], {})
+    instructions, instruction_counts = instruction_conversations(params, data_dir, len(records))
+    mixed, mix_counts = mixed + instructions, mix_counts | instruction_counts
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
     samples = encoder.encode_all(conversations + mixed)
     images = image_source(processor, data_dir, [s.image for s in samples], tune.image_cache_max_mb,
@@ -224,6 +260,11 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
         for p in model.model.vision_tower.parameters():
             p.requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = max(1, round(step_budget(len(records), len(mixed), tune.epochs, tune.batch_size)
+                         * VARIANT_SPECS[variant].step_share))
+    batches = length_grouped_batches([len(s.input_ids) for s in samples], tune.batch_size, tune.epochs, seed, steps)
+    trained = conversations + mixed
+    answer_exposures = sum(answer_turns(trained[i]) for batch in batches for i in batch)
     cfg = TrainConfig(epochs=tune.epochs, batch_size=tune.batch_size, lr=tune.lr, warmup_fraction=tune.warmup_fraction,
                       weight_decay=tune.weight_decay, seed=seed, checkpoint_every=tune.checkpoint_every,
                       max_steps=max_steps, **loop_settings(tune))
@@ -237,12 +278,14 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     logger.log_dataset(Path(split_dir) / "train.jsonl", name="reverie-train")
     try:
         result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir,
-                       on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc=name)
+                       on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc=name,
+                       batches=batches)
         token_counts = {kind: 0 for kind in ("response", "positive", "negative")}
-        for c, s in zip(conversations + mixed, samples):
-            token_counts[c.kind] = token_counts.get(c.kind, 0) + len(s.input_ids)
+        for i in (i for batch in batches[:result.steps] for i in batch):  # the tokens trained, by sample kind
+            token_counts[trained[i].kind] = token_counts.get(trained[i].kind, 0) + len(samples[i].input_ids)
         metrics = result.metrics | mix_counts | {"variant": variant, "seed": seed, "trainable_parameters": trainable,
                                     "tokens": sum(token_counts.values()), "tokens_by_kind": token_counts,
+                                    "answer_exposures": answer_exposures,
                                     "environment": environment()}
         if loss_csv and is_main_process():
             write_text(loss_csv, "step,loss,response_loss,rationale_loss,lr\n" + "".join(

@@ -192,24 +192,50 @@ def test_a_checkpoint_is_keyed_by_the_samples_themselves_and_stale_ones_are_remo
 
 def test_length_grouping_edges_worked_by_hand():
     # one sample first: a mutant that lets an empty list through loops forever on it, and a
-    # hang costs mutmut its whole timeout (30x the tests' estimated time)
-    assert length_grouped_batches([7], 4, 1, seed=0) == [[0]]
+    # hang costs mutmut its whole timeout (30x the tests' estimated time); every batch is full,
+    # so four passes over the one sample fill its batch of 4
+    assert length_grouped_batches([7], 4, 1, seed=0) == [[0, 0, 0, 0]]
     with pytest.raises(ValueError, match="^no training samples$"):
         length_grouped_batches([], 4, 1, seed=0)
-    # 3 samples, batch 32, half an epoch: ceil(0.047) = 1 step, not 0 and not 2
-    assert [sorted(b) for b in length_grouped_batches([5, 6, 7], 32, 0.5, seed=0)] == [[0, 1, 2]]
-    # one mega-batch sorted longest first, cut in 4s: {9, 8, 7, 6} {5, 4, 3, 2} {1, 0} (sample i has length i + 1);
-    # the short last batch holds the shortest samples
-    batches = length_grouped_batches([i + 1 for i in range(10)], 4, 1, seed=0)
-    assert sorted(sorted(b) for b in batches) == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
-    assert [sorted(b) for b in batches if 9 in b] == [[6, 7, 8, 9]]
+    # 3 samples, batch 32, half an epoch: ceil(0.047) = 1 step, not 0 and not 2, of 32 samples
+    # from 11 passes (33 samples; the one left over would open the next batch)
+    (batch,) = length_grouped_batches([5, 6, 7], 32, 0.5, seed=0)
+    assert len(batch) == 32 and sorted(batch.count(i) for i in range(3)) == [10, 11, 11]
+    # 10 samples in 4s, one epoch: ceil(10 / 4) = 3 steps. The first pass fills two batches, sorted
+    # longest first in its mega-batch (sample i has length i + 1) from the 8 it cut off; its last two
+    # samples open the second pass, whose 12 make three batches, the first of which is the third step
+    lengths = [i + 1 for i in range(10)]
+    batches = length_grouped_batches(lengths, 4, 1, seed=0)
+    assert len(batches) == 3 and all(len(b) == 4 for b in batches)
+    first_pass = sorted(i for b in batches[:2] for i in b)
+    assert len(set(first_pass)) == 8  # eight distinct samples, each once
+    longer, shorter = sorted(batches[:2], key=min, reverse=True)
+    assert min(longer) > max(shorter)  # sorted by length before cutting
+    assert length_grouped_batches(lengths, 4, 1, seed=0, steps=5)[:3] == batches
+
+
+def test_length_grouping_exact_steps_worked_by_hand():
+    # `steps` replaces the epochs' count: 3 samples in batches of 32 make 3 steps of 32 samples
+    # (96 draws: 32 passes, each sample 32 times)
+    three = length_grouped_batches([5, 6, 7], 32, 0.5, seed=0, steps=3)
+    assert len(three) == 3 and all(len(b) == 32 for b in three)
+    assert [sum(b.count(i) for b in three) for i in range(3)] == [32, 32, 32]
+    # 10 samples in 4s: 7 steps are 28 samples: two whole passes and 8 of a third; the schedule is
+    # a function of the seed: the same seed gives the same batches, another seed others
+    lengths = [i + 1 for i in range(10)]
+    seven = length_grouped_batches(lengths, 4, 1, seed=0, steps=7)
+    assert len(seven) == 7 and all(len(b) == 4 for b in seven)
+    counts = [sum(b.count(i) for b in seven) for i in range(10)]
+    assert sum(counts) == 28 and min(counts) >= 2 and max(counts) <= 3
+    assert seven == length_grouped_batches(lengths, 4, 1, seed=0, steps=7)
+    assert seven != length_grouped_batches(lengths, 4, 1, seed=1, steps=7)
 
 
 def test_length_grouping_keeps_padding_small_and_is_seeded():
     lengths = [10 + (i * 37) % 90 for i in range(2000)]
     grouped = length_grouped_batches(lengths, 16, 1, seed=0)
     assert grouped == length_grouped_batches(lengths, 16, 1, seed=0)
-    assert sorted(i for b in grouped for i in b) == list(range(2000))
+    assert sorted(i for b in grouped for i in b) == list(range(2000))  # 125 full batches: one pass exactly
 
     def padding(batches):
         total = sum(max(lengths[i] for i in b) * len(b) for b in batches)

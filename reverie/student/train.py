@@ -47,6 +47,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype; trainable weights stay fp32
     gradient_checkpointing: bool = False
     max_length: int | None = None  # tokens per sample; longer ones are cut at the end (see truncate)
+    max_grad_norm: float | None = 1.0  # gradients clipped to this global norm before each step (LLaVA's, HF Trainer's 1.0)
 
 
 @dataclass
@@ -72,28 +73,37 @@ class _Progress:
         self.step, self.history = state["step"], state["history"]
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
-    """Batches of similar-length samples (little padding) in a seeded random order.
+def length_grouped_batches(lengths: list[int], batch_size: int, epochs: float, seed: int,
+                           steps: int | None = None) -> list[list[int]]:
+    """Batches of exactly `batch_size` similar-length samples (little padding) in a seeded random
+    order: enough for `epochs` passes over the samples, or exactly `steps` batches when given.
 
-    Each epoch shuffles, cuts the order into mega-batches of 32 batches, sorts each by
-    length, cuts batches and shuffles the batch order. The whole schedule is a function of
-    the seed alone, so a resumed run replays exactly the batches it had not seen."""
+    Each pass shuffles, cuts the order into mega-batches of 32 batches, sorts each by length,
+    cuts batches and shuffles the pass's batch order. The samples that do not fill a last batch
+    open the next pass instead, so every batch is full and every step trains the same number of
+    samples: equal steps are equal answer exposures. The whole schedule is a function of the seed
+    alone, and a shorter schedule is the start of a longer one, so a resumed run replays exactly
+    the batches it had not seen."""
     n = len(lengths)
     if n == 0:
         raise ValueError("no training samples")
-    total = max(1, math.ceil(epochs * n / batch_size))
+    total = max(1, steps if steps is not None else math.ceil(epochs * n / batch_size))
     rng = random.Random(seed)
+    mega = batch_size * 32
     batches: list[list[int]] = []
+    carried: list[int] = []
     while len(batches) < total:
         order = list(range(n))
         rng.shuffle(order)
-        mega = batch_size * 32
-        epoch_batches = []
-        for start in range(0, n, mega):
+        order = carried + order
+        full = len(order) - len(order) % batch_size
+        order, carried = order[:full], order[full:]
+        pass_batches = []
+        for start in range(0, full, mega):
             chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
-            epoch_batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
-        rng.shuffle(epoch_batches)
-        batches += epoch_batches
+            pass_batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        rng.shuffle(pass_batches)
+        batches += pass_batches
     return batches[:total]
 
 
@@ -367,9 +377,14 @@ def train(model, samples: list[Encoded], images, cfg: TrainConfig, pad_id: int,
             sums["tokens"] += int(p_mask.sum())
             sums["padded"] += p_mask.numel()
         if scaler is not None:
+            if cfg.max_grad_norm:
+                scaler.unscale_(optimizer)
+                accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
         else:
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
