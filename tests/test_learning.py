@@ -1,41 +1,47 @@
-"""Learning works: a tiny world and a tiny student, trained by the base step as the pipeline
-trains it, must see held-out images, and must fail when the images are shuffled under the
-same questions. A student answering from priors ("yes" to everything, or the co-occurring
-partner) fails this test; so does one that never learned to read its image tokens."""
+"""Learning works: a tiny world and a tiny student, trained by the base step and the tune stage
+as the pipeline trains them, must see held-out images (and fail when the images are shuffled
+under the same questions), and the tuned `response` student must beat the blind prior, which
+answers from the train scenes without looking, on counts and on colours. A student answering
+from priors ("yes" to everything, "2" to every count, "red" to every colour) fails this test."""
 import pytest
 
 from tests.conftest import merge, tiny_params_dict
 
-# A world small enough to learn in about a minute: four kinds on a 2 x 2 grid of 32-pixel
-# images (five image tokens), one to three objects. The student is the default's size.
-# Measured (2-core EPYC), base.seed 0 and 1: held-out 0.98 and 0.99, shuffled 0.54. Less
-# training is a coin flip again: 500 images for 3 epochs gave 0.93 with seed 0 and "no" to
-# everything with seed 1; the earlier base (descriptions first, tower trained end to end) 0.50.
+# A world small enough to learn in a few minutes: four kinds in two themes on a 2 x 2 grid of
+# 32-pixel images (four image tokens), one to three objects, three colours. The student is the
+# default's shape; its second phase asks mostly colours and counts.
 LEARNING = {
     "world": {"image_size": 32, "grid": 2, "kinds": ["circle", "square", "triangle", "star"],
               "colors": ["red", "green", "blue"], "min_objects": 1, "max_objects": 3,
-              "cooccurrence_pairs": [["circle", "square"]], "train_images": 600, "eval_images": 80},
+              "themes": [["circle", "square"], ["triangle", "star"]], "train_images": 600, "eval_images": 80},
     "generate": {"questions_per_image": 1, "noise_rate": 0.0},
-    "base": {"describe_epochs": 0, "epochs": 4, "batch_size": 32, "lr": 0.001, "vision_epochs": 8,
-             "check_images": 80, "describe_check_images": 0, "existence_probes_per_image": 4,
-             "min_existence_accuracy": 0.0, "checkpoint_every": 10_000,
+    "base": {"describe_epochs": 0, "epochs": 6, "seeing_epochs": 2, "batch_size": 32, "lr": 0.001, "vision_epochs": 12,
+             "probes_per_image": 4, "skills": ["existence", "color", "count", "color"],
+             "check_images": 80, "describe_check_images": 0, "min_existence_accuracy": 0.0, "checkpoint_every": 10_000,
              "model": {"vision_hidden": 128, "text_hidden": 128, "intermediate": 256, "vision_layers": 2,
-                       "text_layers": 2, "vocab_size": 512, "vision_heads": 4, "text_heads": 4}},
+                       "text_layers": 3, "vocab_size": 512, "vision_heads": 4, "text_heads": 4}},
+    "tune": {"epochs": 0.5, "batch_size": 32, "instruction_mix": 1.0, "quick_eval_images": 0,
+             "lora": {"r": 8, "alpha": 16}},
+    "evaluate": {"eval_images": 80, "batch_size": 64},
 }
 
 
-@pytest.mark.timeout(900)  # ~2 min on an idle 2-core machine; a loaded one takes several times that
-def test_a_tiny_student_learns_to_see_held_out_images(tmp_path):
+@pytest.mark.timeout(1200)  # a few minutes on an idle 2-core machine; a loaded one takes several times that
+def test_a_tiny_student_sees_and_the_tuned_one_beats_the_blind_prior_on_counts_and_colours(tmp_path):
+    from reverie.evaluation.chance import reference_rows
+    from reverie.evaluation.run import benchmark_items
+    from reverie.evaluation.scoring import score_predictions
     from reverie.generate import generate_dataset
     from reverie.io import write_jsonl
     from reverie.settings import Params
-    from reverie.tune import train_base
+    from reverie.tune import train_base, tune_variant
 
     params = Params.model_validate(merge(tiny_params_dict(tmp_path), LEARNING))
     data = tmp_path / "data"
     result = generate_dataset(params, data, progress=False)
-    write_jsonl(tmp_path / "split" / "train.jsonl",
-                [r for r in result.raw if r["judge"]["consistent"] and r["split"] == "train"])
+    kept = [r for r in result.raw if r["judge"]["consistent"]]
+    write_jsonl(tmp_path / "split" / "train.jsonl", [r for r in kept if r["split"] == "train"])
+    write_jsonl(tmp_path / "split" / "eval.jsonl", [r for r in kept if r["split"] == "eval"])
     metrics = train_base(params, data, tmp_path / "split", tmp_path / "base", state_dir=tmp_path / "state",
                          progress=False)
     figures = {k: metrics[k] for k in ("heldout_existence_accuracy", "heldout_yes_ratio", "shuffled_image_accuracy")}
@@ -43,3 +49,21 @@ def test_a_tiny_student_learns_to_see_held_out_images(tmp_path):
     assert figures["heldout_existence_accuracy"] >= 0.85, figures
     assert 0.35 <= figures["heldout_yes_ratio"] <= 0.65, figures
     assert figures["shuffled_image_accuracy"] <= 0.60, figures
+
+    tune_variant(params, "response", 0, tmp_path / "base", data, tmp_path / "split", tmp_path / "response-s0",
+                 state_dir=tmp_path / "state", progress=False)
+    from reverie.evaluation.run import answer_items
+    from reverie.student.model import load_tuned
+
+    eval_items, train_items = benchmark_items(params, data, tmp_path / "split")
+    short = [it for it in eval_items if it.benchmark == "short_answer"]
+    model, processor, _ = load_tuned(tmp_path / "response-s0")
+    rows, _ = answer_items(model, processor, short, data, 64, 4, progress=False)
+    student = score_predictions(rows)["short_answer"]
+    prior = score_predictions(reference_rows(train_items, short)["blind_prior"])["short_answer"]
+    for category in ("count", "color"):
+        n = student[category]["n"]
+        # a margin of two binomial standard errors of the prior's own rate on these n questions
+        p = prior[category]["accuracy"]
+        margin = 2 * (p * (1 - p) / n) ** 0.5
+        assert student[category]["accuracy"] >= p + margin, (category, student, prior)

@@ -8,6 +8,13 @@ first trained, alone and in seconds, on what the scene graphs say about each ima
 - per patch, the kind, colour and size of the object whose centre lies in it (or nothing), and
   which patch it is (so that a feature found by its content still says where it is: the
   language model's attention retrieves values, and the rotary positions do not travel with them);
+- per patch again, its object's kind bound to each of its attributes: one class per (kind,
+  colour), (kind, size) and (kind, patch). Averaged over the patches, such codes are a histogram
+  of the image by kind (how many stars, which colours the stars have, where they are), so a
+  question about "the star" is answered by reading the histogram at "star": the look-up a small
+  language model learns as fast as existence (measured: existence was right 95 % of the time after
+  400 steps, while colours looked up by kind in patches that held kind and colour apart stayed at
+  chance for 2,000). A CLIP tower's features bind what an object is to how it looks alike;
 - on the class token, how many objects of each kind the image holds.
 It is then frozen, as LLaVA freezes CLIP, and the base step aligns the language model to it.
 """
@@ -26,23 +33,31 @@ IGNORE = -100
 
 
 def patch_targets(scenes: list[Scene], kinds: list[str], colors: list[str], patches_per_side: int) -> dict[str, torch.Tensor]:
-    """(scenes x patches) kind, colour and size classes (0: no object centred in the patch), and
-    (scenes x kinds) counts. Kinds or colours outside the lists are not trained on."""
-    n, p = len(scenes), patches_per_side
+    """(scenes x patches) kind, colour and size classes (0: no object centred in the patch), the
+    bound classes (kind, colour), (kind, size) and (kind, patch) (0: none), and (scenes x kinds)
+    counts. Kinds or colours outside the lists are not trained on."""
+    n, p, k = len(scenes), patches_per_side, len(kinds)
     kind = torch.zeros(n, p * p, dtype=torch.long)
     color, size = kind.clone(), kind.clone()
-    count = torch.zeros(n, len(kinds), dtype=torch.long)
+    kind_color, kind_size, kind_patch = kind.clone(), kind.clone(), kind.clone()
+    count = torch.zeros(n, k, dtype=torch.long)
     for i, scene in enumerate(scenes):
         for obj in scene.objects:
             cx, cy = (obj.bbox[0] + obj.bbox[2]) / 2, (obj.bbox[1] + obj.bbox[3]) / 2
             cell = min(p - 1, int(cy * p / scene.height)) * p + min(p - 1, int(cx * p / scene.width))
-            kind[i, cell] = kinds.index(obj.kind) + 1 if obj.kind in kinds else IGNORE
+            known = obj.kind in kinds and obj.color in colors
+            j = kinds.index(obj.kind) if obj.kind in kinds else None
+            kind[i, cell] = j + 1 if j is not None else IGNORE
             color[i, cell] = colors.index(obj.color) + 1 if obj.color in colors else IGNORE
             size[i, cell] = 1 + (obj.size == "large")
-            if obj.kind in kinds:
-                count[i, kinds.index(obj.kind)] += 1
+            kind_color[i, cell] = 1 + j * len(colors) + colors.index(obj.color) if known else IGNORE
+            kind_size[i, cell] = 1 + j * 2 + (obj.size == "large") if j is not None else IGNORE
+            kind_patch[i, cell] = 1 + j * p * p + cell if j is not None else IGNORE
+            if j is not None:
+                count[i, j] += 1
     where = torch.arange(p * p).expand(n, p * p)
-    return {"kind": kind, "color": color, "size": size, "position": where, "count": count.clamp(max=MAX_COUNT)}
+    return {"kind": kind, "color": color, "size": size, "position": where, "count": count.clamp(max=MAX_COUNT),
+            "kind_color": kind_color, "kind_size": kind_size, "kind_patch": kind_patch}
 
 
 class _Heads(nn.Module):
@@ -53,13 +68,18 @@ class _Heads(nn.Module):
         self.color = nn.Linear(hidden, colors + 1)
         self.size = nn.Linear(hidden, 3)
         self.count = nn.Linear(hidden, kinds * (MAX_COUNT + 1))
+        self.kind_color = nn.Linear(hidden, kinds * colors + 1)
+        self.kind_size = nn.Linear(hidden, kinds * 2 + 1)
+        self.kind_patch = nn.Linear(hidden, kinds * patches + 1)
 
     def loss(self, states: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """states: the tower's last hidden states, class token first."""
         cls, patches = states[:, 0], states[:, 1:]
         logits = {"kind": self.kind(patches), "color": self.color(patches), "size": self.size(patches),
                   "position": self.position(patches),
-                  "count": self.count(cls).view(len(cls), -1, MAX_COUNT + 1)}
+                  "count": self.count(cls).view(len(cls), -1, MAX_COUNT + 1),
+                  "kind_color": self.kind_color(patches), "kind_size": self.kind_size(patches),
+                  "kind_patch": self.kind_patch(patches)}
         total, accuracy = 0.0, {}
         for name, value in logits.items():
             target = targets[name]
@@ -106,3 +126,4 @@ def pretrain_vision(model, pixels: torch.Tensor, scenes: list[Scene], kinds: lis
             p.requires_grad_(False)
     return {"vision_steps": steps, "vision_seconds": time.perf_counter() - started, "vision_loss": loss.item(),
             **{f"vision_{k}_accuracy": v for k, v in accuracy.items()}}
+
