@@ -44,7 +44,9 @@ def test_repro_runs_every_stage_and_writes_the_outputs(repro_project):
     baseline = ablation["variants"]["response"]
     accuracy = sum(baseline[f"pope.{s}.accuracy"]["mean"] for s in ("random", "popular", "adversarial")) / 3
     yes_ratio = sum(baseline[f"pope.{s}.yes_ratio"]["mean"] for s in ("random", "popular", "adversarial")) / 3
-    assert ablation["void"] is (accuracy < 0.7 or not 0.2 <= yes_ratio <= 0.8)
+    pope_column_void = not ablation["column_checks"]["pope.mean_f1"]["valid"]
+    assert ablation["void"] is (accuracy < 0.7 or not 0.2 <= yes_ratio <= 0.8 or pope_column_void)
+    assert {"valid", "invalid_reason", "mde"} <= set(ablation["column_checks"]["reasoning.accuracy"])
     assert ablation["void"] is report.splitlines()[2].startswith("> **VOID")
 
 
