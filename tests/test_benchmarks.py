@@ -157,6 +157,14 @@ def test_mmbench_items_rotate_options(world):
         assert len(truth) == 1  # every rotation keeps the same right option text
 
 
+def test_mmbench_of_a_world_with_three_colours_asks_only_what_has_four_options():
+    settings = WorldSettings(colors=["red", "green", "blue"], train_images=10, eval_images=40)
+    _, held_out = sample_world(settings, seed=0)
+    items = mmbench(held_out, settings.kinds, settings.colors, 2, seed=0)
+    assert items and {it.extra["category"] for it in items} == {"shape"}
+    assert all(len(it.extra["options"]) == 4 for it in items)
+
+
 def png_bytes(color=(200, 0, 0)):
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), color).save(buf, format="PNG")

@@ -126,7 +126,10 @@ def mmbench(scenes: list[Scene], kinds: list[str], colors: list[str], per_image:
                 if not same:
                     continue
                 stem, truth, pool, category = f"What color is the {obj.kind}?", obj.color, colors, "color"
-            options = [truth] + rng.sample([p for p in pool if p != truth], 3)
+            wrong = [p for p in pool if p != truth]
+            if len(wrong) < 3:  # a world of fewer than four colours (or kinds) cannot pose four options
+                continue
+            options = [truth] + rng.sample(wrong, 3)
             rng.shuffle(options)
             items += multiple_choice_items("mmbench", f"mmb-{scene.image_id}-{j}", image_relpath(scene), stem,
                                            options, LETTERS[options.index(truth)], {"category": category})
