@@ -64,8 +64,9 @@ CONTROLS_NOTE = [
     "- `pos_neg_shuffled`: `pos_neg` with each record's rationales taken from another image's record: the same "
     "amount of rationale text, none of it about this image. `pos_neg` against it separates what the rationale "
     "says from how much text is trained.",
-    "- `response_1x`: the baseline at a third of the steps, each answer trained once (the paper's one epoch "
-    "over the response samples). `response` against it is what the extra steps alone are worth.",
+    "- `response_1x`: the baseline at a third of the steps, as the paper's recipe gives it (the same epochs for "
+    "every variant, where `pos_neg` has three samples per record). `response` against it is what the extra "
+    "steps alone are worth.",
 ]
 
 

@@ -14,8 +14,9 @@ LETTER = "Answer with the option's letter from the given choices directly."
 # or how often they see an answer (reverie/tune.py derives the steps). The controls:
 # - `pos_neg_shuffled`: pos_neg with each record's rationales taken from another image's
 #   record: the same amount of rationale text, none of its content about this image;
-# - `response_1x`: the baseline at a third of the steps, each answer seen once as the
-#   paper's one epoch over the response samples gives it: what the extra steps alone are worth.
+# - `response_1x`: the baseline at a third of the steps, as the paper's recipe (the same epochs
+#   for every variant, pos_neg having three samples per record) gives it: what the extra steps
+#   alone are worth.
 @dataclass(frozen=True)
 class Variant:
     rationales: tuple[str, ...]
