@@ -51,6 +51,11 @@ MME_MAX = {"mme.score": 800, "mme.perception.score": 2000, "mme.cognition.score"
 # the real benchmarks' breakdowns (per MME subtask, per MMBench category and l2-category)
 DETAIL_PREFIXES = ("mme.", "mmbench.category.", "mmbench.l2_category.")
 POPE_DETAIL = [f"pope.{split}.{what}" for split in POPE_SPLITS for what in ("accuracy", "yes_ratio")]
+# the skills a synthetic headline column sums or averages: a column judged valid as a whole can
+# still hold a skill the baseline answers no better than the blind prior
+SKILLS = [("mme.existence.score", "MME existence (max 200)"), ("mme.count.score", "MME count (max 200)"),
+          ("mme.position.score", "MME position (max 200)"), ("mme.color.score", "MME colour (max 200)"),
+          ("short_answer.count.accuracy", "Short ans: counts"), ("short_answer.color.accuracy", "Short ans: colours")]
 REFERENCES = (("always_yes", "always yes"), ("blind_prior", "blind prior"))
 ALPHA = 0.05  # every test of the report, after Holm where there is a family
 POWER = 0.8  # of the minimum detectable difference
@@ -196,7 +201,9 @@ def ablation(runs: dict[str, dict[int, dict]], baseline: str = "response", repli
               "pope_adversarial_gap": pope_adversarial_gap(runs.get(baseline), weights),
               "bootstrap_replicates": replicates if weights is not None else 0,
               "eval_images": len(images) if images is not None else None,
-              "pope_f1_standard_error": _pope_standard_errors(runs, weights)}
+              "pope_f1_standard_error": _pope_standard_errors(runs, weights),
+              "skills": {key: statistics.fmean(m[key] for m in runs[baseline].values() if key in m)
+                         for key, _ in SKILLS if any(key in m for m in (runs.get(baseline) or {}).values())}}
     settle(result)
     return result
 
@@ -497,6 +504,7 @@ def markdown(result: dict) -> str:
               "its skill (see Validity): nothing in it is called significant. "
               + (MME_NOTE if any(k == "mme.score" for k, _ in cols) else ""), ""]
     lines += _validity(result, cols)
+    lines += _skill_lines(result)
     lines += _power_lines(result, cols)
     lines += _pope_detail(result)
     lines += _real_detail(result)
@@ -533,6 +541,30 @@ def _validity(result: dict, cols: list[tuple[str, str]]) -> list[str]:
         lines.append(f"| {label} | {'valid' if c['valid'] else '**void**'} | {_fmt(key, c.get('baseline_value'))} | "
                      + " | ".join(refs) + f" | {share} | {c.get('invalid_reason') or ''} |")
     return lines + [""]
+
+
+def _skill_lines(result: dict) -> list[str]:
+    """The baseline's skills inside the synthetic columns against the same references, each
+    marked where it does not beat the blind prior (descriptive: the test is the column's)."""
+    skills = result.get("skills") or {}
+    if not skills:
+        return []
+    refs = result.get("reference") or {}
+    baseline = result["baseline"]
+    lines = [f"## Skills inside the columns (`{baseline}`, mean over seeds)", "",
+             "| skill | " + f"`{baseline}` | " + " | ".join(label for _, label in REFERENCES) + " | |",
+             "|---|---|" + "---|" * len(REFERENCES) + "---|"]
+    for key, label in SKILLS:
+        if key not in skills:
+            continue
+        prior = (refs.get("blind_prior") or {}).get(key)
+        mark = "not above the blind prior" if prior is not None and skills[key] <= prior else ""
+        lines.append(f"| {label} | {_fmt(key, skills[key])} | "
+                     + " | ".join(_fmt(key, (refs.get(name) or {}).get(key)) for name, _ in REFERENCES) + f" | {mark} |")
+    return lines + ["", "A column is judged as a whole (Validity above). A skill marked here is one the baseline answers "
+                    "no better than the blind prior: it has not been learned, so this run does not measure what the "
+                    "variants do to it.",
+                    ""]
 
 
 def _power_lines(result: dict, cols: list[tuple[str, str]]) -> list[str]:

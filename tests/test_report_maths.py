@@ -929,3 +929,24 @@ def test_holm_caps_at_one_and_keeps_the_order():
         {"a": 0.004, "b": 0.03, "c": 0.04, "d": 0.04})
     # a later smaller product is lifted to the running maximum: 0.01 x 3 = 0.03, 0.012 x 2 = 0.024 -> 0.03
     assert holm({"a": 0.01, "b": 0.012, "c": 0.5}) == pytest.approx({"a": 0.03, "b": 0.03, "c": 0.5})
+
+
+def test_a_skill_below_the_blind_prior_inside_a_valid_column_is_marked():
+    """MME-4 can beat the blind prior on existence alone: the skills inside it are listed against
+    the same references, and one the baseline answers no better than the blind prior is marked."""
+    runs = {"response": {0: {"mme.score": 400.0, "mme.existence.score": 196.0, "mme.color.score": 50.0},
+                         1: {"mme.score": 410.0, "mme.existence.score": 200.0, "mme.color.score": 52.0}}}
+    result = ablation(runs, "response", replicates=50, seed=0)
+    assert result["skills"] == {"mme.existence.score": pytest.approx(198.0), "mme.color.score": pytest.approx(51.0)}
+    result["reference"] = {"always_yes": {"mme.existence.score": 50.0, "mme.color.score": 50.0},
+                           "blind_prior": {"mme.existence.score": 86.2, "mme.color.score": 82.1}}
+    lines = report.markdown(result).splitlines()
+    colour = next(line for line in lines if line.startswith("| MME colour"))
+    existence = next(line for line in lines if line.startswith("| MME existence"))
+    assert colour == "| MME colour (max 200) | 51.0 | 50.0 | 82.1 | not above the blind prior |"
+    assert existence == "| MME existence (max 200) | 198.0 | 50.0 | 86.2 |  |"
+    # at the prior is not above it; a report without the skills' figures has no such section
+    result["skills"]["mme.color.score"] = 82.1
+    assert next(line for line in report.markdown(result).splitlines()
+                if line.startswith("| MME colour")).endswith("not above the blind prior |")
+    assert "Skills inside" not in report.markdown(ablation({"response": plain({0: 0.5})}, "response", replicates=10))
