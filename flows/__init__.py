@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline over DVC, the generation fan-out, the scheduled deployment."""

@@ -1,0 +1,1 @@
+"""Benchmarks as published and the student's evaluation on them."""

@@ -1,0 +1,1 @@
+"""The student: a LLaVA-architecture model, its samples, training loop and curriculum."""
