@@ -7,6 +7,8 @@
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# dvc.yaml's `vars`: DVC refuses to start without it, before removing any output
+INTERPRETER := $(VENV)/run-make-install.yaml
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_HOME := $(CURDIR)/.reverie/prefect
@@ -33,11 +35,14 @@ install: $(STAMP)
 # CPU time here, 4.6 -> 2.2 min); Python compiles the few it imports on first use instead.
 $(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(BIN)/python || python3 -m venv $(VENV)
+	@rm -f $(INTERPRETER)
 	@echo "installing requirements.lock into $(VENV) (log: $(VENV)/pip.log)"
 	@($(BIN)/pip install --disable-pip-version-check --no-compile --no-deps -r requirements.lock \
 		&& $(BIN)/pip install --disable-pip-version-check --no-deps -e . \
 		&& $(BIN)/pip check) > $(VENV)/pip.log 2>&1 \
 		|| (grep -v 'is ignored' $(VENV)/pip.log | tail -40; exit 1)
+	@printf '%s\n' "# written by make install once pip check passed: the interpreter of dvc.yaml's stage commands" \
+		"python: $(BIN)/python" > $(INTERPRETER)
 	@touch $@
 
 # Refreshes requirements.lock: resolves pyproject.toml's ranges (with the test, scale and dev

@@ -237,6 +237,9 @@ class LoopSettings(Section):
     # per batch by a DataLoader with `dataloader_workers` processes (memory flat in dataset size)
     image_cache_max_mb: float = Field(1024, ge=0)
     dataloader_workers: int = Field(2, ge=0)
+    # torch's compute threads. A declared param, not the route's choice: a CPU run's weights depend
+    # on it (the order of a sum over threads), so the flow and a plain `dvc repro` must agree
+    threads: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _micro_batch_fits(self):
@@ -434,6 +437,7 @@ class SuitesSettings(Section):
 
 class EvaluateSettings(Section):
     batch_size: int = Field(64, ge=1)
+    threads: int = Field(1, ge=1)  # torch's compute threads, as LoopSettings.threads
     max_new_tokens: int = Field(8, ge=1)  # the synthetic suites'; real suites have their own
     pope_objects: int = Field(3, ge=1)
     eval_images: int | None = Field(None, ge=1)

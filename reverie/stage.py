@@ -67,6 +67,15 @@ class StageFailed(RuntimeError):
     """A stage that ran but whose result must not be trusted downstream."""
 
 
+def compute_threads(threads: int) -> int:
+    """Sets torch's compute threads to the stage's declared count, whatever the route (the flow's
+    OMP_NUM_THREADS, a plain `dvc repro`'s every core) gave the process; returns it for the metrics."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 RECORD_READS_ENV = "REVERIE_RECORD_READS"
 
 

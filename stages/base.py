@@ -1,7 +1,7 @@
 """DVC stage `base`: the shared base student every variant starts from (trained once), and
 the check that it sees: the stage fails when it does not (base.min_existence_accuracy)."""
 from reverie.io import write_json
-from reverie.stage import StageFailed, params_from, parser, stage
+from reverie.stage import StageFailed, compute_threads, params_from, parser, stage
 
 
 def main() -> None:
@@ -15,7 +15,8 @@ def main() -> None:
         from reverie.tune import base_gate, is_main_process, train_base
 
         params = params_from(args)
-        metrics = train_base(params, args.data, args.split, args.out)
+        threads = compute_threads(params.base.threads)
+        metrics = train_base(params, args.data, args.split, args.out) | {"threads": threads}
         if not is_main_process():
             return
         failure = base_gate(metrics, params.base.min_existence_accuracy)

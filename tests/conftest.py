@@ -90,6 +90,7 @@ def make_project(dest: Path, params: dict) -> Path:
     # the library is imported from the installed package; dvc.yaml names its files as deps
     shutil.copytree(ROOT / "reverie", dest / "reverie", ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    install_interpreter(dest)
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)
@@ -97,6 +98,21 @@ def make_project(dest: Path, params: dict) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=dest, check=True, env=env)
     return dest
+
+
+def install_interpreter(project: Path) -> None:
+    """What `make install` leaves in a clone for dvc.yaml's stage commands: `.venv` (here the venv
+    running the tests) with the vars file naming its interpreter."""
+    venv = project / ".venv"
+    if sys.prefix != sys.base_prefix:  # a venv, as `make test` runs: the clone's is that one
+        venv.symlink_to(sys.prefix, target_is_directory=True)
+        python = ".venv/bin/python"
+    else:
+        venv.mkdir()
+        python = sys.executable
+    named = venv / "run-make-install.yaml"
+    if not named.exists() or python not in named.read_text():
+        named.write_text(f"python: {python}\n")
 
 
 def dvc(project: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -140,3 +156,29 @@ def server():
     srv.release()
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture(scope="session")
+def flow_project(tmp_path_factory, prefect_harness):
+    """A tiny project for the Prefect flow (tests/test_flow.py, tests/test_routes.py)."""
+    params = tiny_params_dict()
+    params["tune"]["variants"] = ["response"]
+    return make_project(tmp_path_factory.mktemp("flowproject"), params)
+
+
+def run_flow(project, **kwargs):
+    from flows.pipeline import pipeline
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        return pipeline(**kwargs)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="session")
+def flow_first_run(flow_project):
+    """The flow's first run of the whole DAG in `flow_project`, shared by the tests that read it."""
+    return run_flow(flow_project, return_state=True)
+

@@ -5,25 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import dvc, make_project, tiny_params_dict
-
-
-@pytest.fixture(scope="session")
-def flow_project(tmp_path_factory, prefect_harness):
-    params = tiny_params_dict()
-    params["tune"]["variants"] = ["response"]
-    return make_project(tmp_path_factory.mktemp("flowproject"), params)
-
-
-def run_flow(project, **kwargs):
-    from flows.pipeline import pipeline
-
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        return pipeline(**kwargs)
-    finally:
-        os.chdir(cwd)
+from tests.conftest import dvc, run_flow
 
 
 def read_until(read, done, seconds: float):
@@ -34,8 +16,8 @@ def read_until(read, done, seconds: float):
     return value
 
 
-def test_flow_runs_every_stage_then_skips_them_all(flow_project):
-    first = run_flow(flow_project)
+def test_flow_runs_every_stage_then_skips_them_all(flow_project, flow_first_run):
+    first = flow_first_run.result()
     assert list(first) == ["generate", "validate", "base", "tune@response-0", "evaluate@response-0", "chance", "report"]
     assert set(first.values()) == {"ran"}
     # the training and evaluation stages forked from the run's warm interpreter (reverie.warm);
@@ -65,7 +47,7 @@ def test_flow_runs_every_stage_then_skips_them_all(flow_project):
     assert "Running stage" not in dvc(flow_project, "repro").stdout
 
 
-def test_the_flow_publishes_the_ablation_table_and_run_links(flow_project):
+def test_the_flow_publishes_the_ablation_table_and_run_links(flow_project, flow_first_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -77,6 +59,7 @@ def test_the_flow_publishes_the_ablation_table_and_run_links(flow_project):
                     for key in ("ablation-table", "ablation-runs")]
 
         table, links = read_until(read, all, seconds=120)
+    assert table and links, "the first flow run's artifacts did not arrive"
     assert table and table[0].type == "table" and "response" in str(table[0].data)
     assert links and "MLflow run" in links[0].data
     # each link opens the run in the experiment it is in (the project's, not MLflow's default 0)
@@ -88,7 +71,7 @@ def test_the_flow_publishes_the_ablation_table_and_run_links(flow_project):
     assert f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in links[0].data
 
 
-def test_mlflow_runs_carry_the_flow_run_id(flow_project):
+def test_mlflow_runs_carry_the_flow_run_id(flow_project, flow_first_run):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{flow_project / 'mlflow.db'}")
@@ -100,7 +83,7 @@ def test_mlflow_runs_carry_the_flow_run_id(flow_project):
     assert run.data.tags["dvc.stage"] == "tune@response-0"
 
 
-def test_a_failing_stage_fails_the_flow_with_its_name(flow_project):
+def test_a_failing_stage_fails_the_flow_with_its_name(flow_project, flow_first_run):
     params_path = flow_project / "params.yaml"
     original = params_path.read_text()
     try:
@@ -111,7 +94,7 @@ def test_a_failing_stage_fails_the_flow_with_its_name(flow_project):
         params_path.write_text(original)
 
 
-def test_overrides_are_written_to_params_and_validated(flow_project):
+def test_overrides_are_written_to_params_and_validated(flow_project, flow_first_run):
     from reverie.settings import ParamsError
 
     with pytest.raises(ParamsError, match="validate.no_such_key"):

@@ -178,6 +178,7 @@ def _log(params, info: dict, metrics: dict) -> None:
     if not run_id:
         return
     logger = project_run(params, run_name(info['variant'], info['seed']), {}, run_id=run_id)
+    logger.log_params({"evaluate": {"threads": params.evaluate.threads}})  # tune logged its own
     logger.log_metrics({_metric_key(f"eval.{k}"): v for k, v in flatten(metrics["scores"]).items()})
     logger.log_metrics({_metric_key(k): v for k, v in metrics.items() if k not in ("scores",)})
     logger.end()
