@@ -11,6 +11,15 @@ import subprocess
 from pathlib import Path
 
 RUN_ID_FILE = "mlflow_run.json"
+# What kind of experiment this is, as MLflow 3 records it (its UI's "Machine learning", as against
+# "GenAI apps & agents"): an experiment without the tag is opened as a GenAI one ("Traces 0").
+# MLflow 3.17's bundled UI opens by its own workflow switch instead (`?workflowType=machine_learning`
+# in the address, or the switch's last setting in that browser), so run links add that too.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+SUPERSEDED_TAG = "reverie.superseded"  # on a run that a later run of the same name replaced: that run's id
+ENDED = ("FINISHED", "FAILED", "KILLED")
+UI_WORKFLOW = "workflowType=machine_learning"
 
 
 def tracking_uri(uri: str, root: str | Path = ".") -> str:
@@ -78,21 +87,62 @@ def use_tracking_uri(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = inherited
 
 
+def mark_experiment_kind(experiment) -> None:
+    """Tags `experiment` (an mlflow Experiment) as a machine-learning one, unless it already
+    says what it is: also the experiments of stores made before the tag was set."""
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        from mlflow import MlflowClient
+
+        MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def named_runs(experiment: str, run_name: str, condition: str = "") -> list:
+    """The runs named `run_name` in `experiment` (newest first), that also meet `condition`."""
+    import mlflow
+
+    where = f"tags.mlflow.runName = '{run_name}'" + (f" and {condition}" if condition else "")
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list", filter_string=where)
+
+
+def supersede(experiment: str, run_name: str, run_id: str) -> list[str]:
+    """Marks the ended runs named `run_name`, other than `run_id` and not yet marked, as
+    superseded by `run_id` (kept, with their metrics and artifacts); their ids."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    older = [run.info.run_id for run in named_runs(experiment, run_name)
+             if run.info.run_id != run_id and run.info.status in ENDED and SUPERSEDED_TAG not in run.data.tags]
+    for old in older:
+        client.set_tag(old, SUPERSEDED_TAG, run_id)
+    return older
+
+
 class RunLogger:
-    """A thin wrapper so training code calls one object and never imports mlflow itself."""
+    """A thin wrapper so training code calls one object and never imports mlflow itself.
+
+    A run is one (variant, seed) (or `base`, or a generation) by its name. Started without a
+    `run_id`, it continues the newest unfinished run of that name (a crashed stage resumed),
+    or else starts a new one, which supersedes the older ended runs of that name: they keep
+    their history and get the tag `reverie.superseded` = the new run's id, and `reverie.compare`
+    leaves them out. Started with a `run_id` (evaluate logging into its tune run), it opens that
+    run and marks nothing."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict, run_id: str | None = None):
         import mlflow
 
         self.mlflow = mlflow
         use_tracking_uri(uri)
-        mlflow.set_experiment(experiment)
+        mark_experiment_kind(mlflow.set_experiment(experiment))
+        new = False
         if run_id is None:
-            existing = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                                          filter_string=f"tags.mlflow.runName = '{run_name}' and attributes.status != 'FINISHED'")
+            existing = [run for run in named_runs(experiment, run_name, "attributes.status != 'FINISHED'")
+                        if SUPERSEDED_TAG not in run.data.tags]
             run_id = existing[0].info.run_id if existing else None  # a resumed run continues its MLflow run
+            new = run_id is None
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
         self.run_id = self.run.info.run_id
+        if new:
+            supersede(experiment, run_name, self.run_id)
 
     def log_params(self, params: dict) -> None:
         flat = {k: (json.dumps(v) if isinstance(v, (list, tuple)) else v) for k, v in flatten(params).items()}
@@ -149,7 +199,7 @@ def ui_address(params) -> str:
 
 def run_links(params, run_ids: list[str]) -> dict[str, str | None]:
     """The MLflow UI page of each run, in the experiment the run is in (None for a run the
-    store does not have, e.g. after the store was changed)."""
+    store does not have, e.g. after the store was changed), in the UI's machine-learning view."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -162,7 +212,7 @@ def run_links(params, run_ids: list[str]) -> dict[str, str | None]:
         except MlflowException:
             links[run_id] = None
             continue
-        links[run_id] = f"{ui}/#/experiments/{experiment}/runs/{run_id}"
+        links[run_id] = f"{ui}/#/experiments/{experiment}/runs/{run_id}?{UI_WORKFLOW}"
     return links
 
 
