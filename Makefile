@@ -19,8 +19,8 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 # Python must be allowed to cache the bytecode it compiles (see --no-compile below): with
 # PYTHONDONTWRITEBYTECODE set, as some sandboxes and CI images do, every stage process
-# recompiled torch, transformers, peft and mlflow from source, 12-20 s each (measured here:
-# importing them took 26-34 s without a cache against 12-15 s with one).
+# recompiled torch, transformers, peft and mlflow from source, doubling its imports
+# (docs/results.md, "Install and start-up").
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test mutation install lock repro report serve mlflow-ui clean
@@ -29,10 +29,10 @@ install: $(STAMP)
 
 # Installs exactly requirements.lock (every package pinned, transitively, setuptools too), then
 # the project itself, without resolving anything: the lock is the resolution, and resolving it
-# again took a third of the install here (2.65 -> 1.75 min); `pip check` then proves the set
-# complete and consistent. torch is the CPU 2.13.0 build this machine keeps on disk.
-# --no-compile: pip would byte-compile every module of every package (half of the install's
-# CPU time here, 4.6 -> 2.2 min); Python compiles the few it imports on first use instead.
+# again is a third of an install; `pip check` then proves the set complete and consistent.
+# torch is the CPU 2.13.0 build. --no-compile: pip would byte-compile every module of every
+# package (half of the install's CPU time); Python compiles the few it imports on first use.
+# Last, the file that names this interpreter to dvc.yaml's stage commands.
 $(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	@rm -f $(INTERPRETER)

@@ -26,7 +26,7 @@ def data_and_records(images: int = 600):
 
 
 def student(params, data_dir: Path, records):
-    from reverie.student.base import describe_conversations, tokenizer_corpus
+    from reverie.student.curriculum import describe_conversations, tokenizer_corpus
     from reverie.student.model import build_tiny, load_student, train_tokenizer
     from reverie.world import image_relpath
 

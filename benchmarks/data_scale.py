@@ -45,10 +45,11 @@ def child(root: Path, images: int, steps: int, batch: int, workers: int, source:
     import torch
 
     from reverie.settings import ModelSettings
-    from reverie.student.base import describe_conversations
+    from reverie.student.curriculum import describe_conversations
     from reverie.student.model import build_tiny, image_token_count, train_tokenizer
     from reverie.student.samples import ChatEncoder
-    from reverie.student.train import ImageStream, ImageTable, TrainConfig, train
+    from reverie.student.batching import ImageStream, ImageTable
+    from reverie.student.train import TrainConfig, train
     from reverie.world import image_relpath, sample_world
 
     settings = world_settings(images)

@@ -50,7 +50,8 @@ def trained_student(params, folder: Path, records: list[dict], steps: int, pertu
     from benchmarks.common import student
     from reverie.student.model import image_token_count
     from reverie.student.samples import ChatEncoder, build_variant
-    from reverie.student.train import ImageTable, TrainConfig, train
+    from reverie.student.batching import ImageTable
+    from reverie.student.train import TrainConfig, train
 
     torch.manual_seed(seed)
     model, processor, _ = student(params, folder, records)

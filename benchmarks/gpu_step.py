@@ -7,7 +7,7 @@ and model FLOPs utilization (MFU).
 The model is built from an explicit config matching llava-hf/llava-1.5-7b-hf (CLIP
 ViT-L/14-336 tower, Llama-2-7B language model, GELU MLP projector) with random weights,
 directly on the GPU in the frozen weights' dtype: nothing is downloaded and a 7B model never
-materialises in fp32 on the CPU. LoRA comes from `reverie.tune.apply_lora` with the profile's
+materialises in fp32 on the CPU. LoRA comes from `reverie.tuning.apply_lora` with the profile's
 `tune.lora`; `train` upcasts the trainable weights to fp32 and runs the profile's loop
 settings. Samples are full-length: BOS, 576 image tokens, random text tokens, all predicted.
 Throughput does not depend on what the weights are. A step is one optimizer step over the
@@ -190,6 +190,9 @@ def parse(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak dense device TFLOP/s for MFU (default: by GPU name; none on the CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write", default=None, metavar="FILE",
+                   help="also write the JSON result there: the measured throughput `flows.pipeline --plan` "
+                        "reads (plan.throughput_file)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         p.error("need --steps >= 1, --warmup >= 0")
@@ -258,7 +261,7 @@ def main(argv=None) -> dict:
     import transformers
 
     from reverie.student.train import TrainConfig, train
-    from reverie.tune import apply_lora
+    from reverie.tuning import apply_lora
 
     args = parse(argv)
     cuda = torch.cuda.is_available()
@@ -356,6 +359,11 @@ def main(argv=None) -> dict:
     print(f"a {tune.precision} {matmul_size}x{matmul_size} matmul reaches {matmul / 1e12:.2f} TFLOP/s here: the step runs "
           f"at {result['fraction_of_measured_matmul']:.1%} of it (LoRA-aware {result['fraction_of_measured_matmul_lora']:.1%})")
     print(f"model FLOPs per step = {UPPER_FORMULA} (recomputation by checkpointing not counted)")
+    if args.write:
+        from pathlib import Path
+
+        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write).write_text(json.dumps(result | {"devices": 1}) + "\n")  # one process, one device
     print(json.dumps(result))
     return result
 

@@ -49,7 +49,8 @@ from PIL import Image
 
 from reverie.settings import GenerateSettings, OpenAITeacherSettings
 from reverie.teachers import openai_compat
-from reverie.teachers.openai_compat import SlidingWindowLimiter, generate_with_openai
+from reverie.teachers.chat_limits import SlidingWindowLimiter
+from reverie.teachers.openai_compat import generate_with_openai
 from tests.chat_server import MODELS, ChatServer
 
 QUESTIONS = 3

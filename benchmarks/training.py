@@ -15,12 +15,13 @@ import torch
 
 from benchmarks.common import data_and_records
 from reverie.world import load_scenes
-from reverie.student.base import base_curriculum, tokenizer_corpus
+from reverie.student.batching import ImageTable
+from reverie.student.curriculum import base_curriculum, tokenizer_corpus
 from reverie.student.model import build_tiny, image_token_count, train_tokenizer
 from reverie.student.samples import ChatEncoder, build_variant
-from reverie.student.train import ImageTable, TrainConfig, train
+from reverie.student.train import TrainConfig, train
 from reverie.student.vision import pretrain_vision
-from reverie.tune import apply_lora
+from reverie.tuning import apply_lora
 from reverie.world import image_relpath, partner_map
 
 

@@ -28,7 +28,7 @@ PROBE = '''"""Start-up of a torch stage: its imports and MLflow's store, nothing
 from reverie.stage import stage
 
 with stage("probe"):
-    import reverie.tune, reverie.evaluation.run  # noqa: E401,F401
+    import reverie.tuning, reverie.evaluation.run  # noqa: E401,F401
     from transformers import LlavaForConditionalGeneration  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 '''

@@ -17,21 +17,21 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from reverie.orchestration import (StageQueue, apply_overrides, available_cpus, plan, remote_commands, reproduce,
-                                   run_streaming, stage_environment)
+from reverie.orchestration import (StageQueue, apply_overrides, available_cpus, device_environment, device_needs, plan,
+                                   remote_commands, reproduce, run_streaming, stage_environment)
+from reverie.stage import StageFailed
 from reverie.workspace import LABEL_ENV, claim, holder_environment
 
 
-class StageFailed(RuntimeError):
-    pass
-
-
 @task(name="dvc-repro", task_run_name="{stage}", retries=1, retry_delay_seconds=10)
-def reproduce_stage(stage: str, holder: dict, threads: int | None = None) -> str:
+def reproduce_stage(stage: str, holder: dict, threads: int | None = None, devices: tuple[str, ...] = ()) -> str:
     """Asks DVC to reproduce one stage; DVC still skips it when nothing it depends on changed.
-    `threads`: the stage's compute threads (OMP_NUM_THREADS), when it shares the cores."""
+    `threads`: OMP_NUM_THREADS, when it shares the cores; `devices`: the only ones it sees."""
     logger = get_run_logger()
-    env = holder | ({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})
+    if devices:
+        logger.info(f"stage '{stage}' placed on device(s) {','.join(devices)}")
+    env = holder | ({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}) \
+        | device_environment(devices)
     code, tail = reproduce(stage, logger.info, env=stage_environment(env))
     if code != 0:
         raise StageFailed(f"stage '{stage}' failed (exit {code}):\n" + "\n".join(tail[-15:]))
@@ -119,7 +119,7 @@ def pipeline(variants: list[str] | None = None, seeds: list[int] | None = None,
             run_stage = reproduce_stage.with_options(retries=params.orchestration.stage_retries)
             for stage in steps.skipped():
                 up_to_date(stage)
-            ran = run_stale_stages(steps, run_stage, holder | warm, params.orchestration.parallel_stages)
+            ran = run_stale_stages(steps, run_stage, holder | warm, params)
         outcome = {stage: ran.get(stage, "skipped") for stage in steps.order}
         if params.project.dvc_remote:
             outcome["push"] = push(params.project.dvc_remote)
@@ -148,22 +148,40 @@ def stage_interpreter(params, holder: dict, say):
         yield env
 
 
-def run_stale_stages(steps, run_stage, holder: dict, parallel: int) -> dict:
-    """Runs the stale stages, up to `parallel` at once in DVC's order (reverie.orchestration.StageQueue).
-    After a failure nothing new starts; the stages running finish, then the failure is raised."""
+PLACEMENT_LOG = Path(".reverie/placement.jsonl")
+
+
+def run_stale_stages(steps, run_stage, holder: dict, params) -> dict:
+    """Runs the stale stages, up to `orchestration.parallel_stages` at once in DVC's order, each on
+    its own devices of `orchestration.devices` (reverie.orchestration.StageQueue); every start and
+    end, with the devices, goes to .reverie/placement.jsonl. After a failure nothing new starts;
+    the stages running finish (and free their devices), then the failure is raised."""
+    import time
+
     from prefect.futures import as_completed
 
-    queue = StageQueue(steps, parallel, available_cpus())
+    parallel = params.orchestration.parallel_stages
+    queue = StageQueue(steps, parallel, available_cpus(), params.orchestration.devices,
+                       device_needs(params, list(steps.order)))
+    PLACEMENT_LOG.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(event: str, stage: str, devices) -> None:
+        with PLACEMENT_LOG.open("a") as log:
+            log.write(json.dumps({"t": time.time(), "event": event, "stage": stage, "devices": list(devices),
+                                  "flow_run": str(flow_run.id or "")}) + "\n")
+
     running, outcome, failure = {}, {}, None
     while not queue.done():
         if failure is None:
             for stage, threads in queue.start():
-                running[stage] = run_stage.submit(stage, holder, threads if parallel > 1 else None)
+                record("start", stage, queue.held[stage])
+                running[stage] = run_stage.submit(stage, holder, threads if parallel > 1 else None, queue.held[stage])
         if not running:
             break
         future = next(iter(as_completed(list(running.values()))))
         stage = next(name for name, f in running.items() if f is future)
         del running[stage]
+        record("end", stage, queue.held.get(stage, ()))
         queue.finish(stage)
         try:
             outcome[stage] = future.result()
@@ -189,7 +207,7 @@ def _parse_overrides(items: list[str]) -> dict:
 @contextmanager
 def served_prefect():
     """With no PREFECT_API_URL, the server of this project's running `make serve` when there is
-    one: the run shows in its UI, and it saves starting a temporary server (about 15 s here)."""
+    one: the run shows in its UI, and it saves starting a temporary server."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from reverie.services import served_api
@@ -213,10 +231,21 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int)
     p.add_argument("-S", "--set-param", action="append", default=[], help="params override, key=value")
     p.add_argument("--profile", help="a params profile (configs/llava-1.5-7b.yaml): its overrides, then -S's")
+    p.add_argument("--plan", action="store_true",
+                   help="print, without training or writing params.yaml, each stage's samples, steps, tokens and "
+                        "estimated hours, and the placement's node time and idle share; the last line is JSON")
     args = p.parse_args()
     from reverie.orchestration import profile_overrides
 
     overrides = (profile_overrides(args.profile) if args.profile else {}) | _parse_overrides(args.set_param)
+    if args.plan:
+        from reverie.plan import describe, make_plan
+        from reverie.settings import load_params
+
+        overrides |= ({"tune.variants": args.variants} if args.variants else {}) | \
+            ({"tune.seeds": args.seeds} if args.seeds else {})
+        print(describe(make_plan(load_params("params.yaml", overrides), ".", overrides)))
+        return
     with served_prefect():
         outcome = pipeline(args.variants, args.seeds, overrides)
     print("\n".join(f"  {stage}: {state}" for stage, state in outcome.items()))

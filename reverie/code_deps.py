@@ -38,9 +38,9 @@ def module_path(name: str, root: Path = ROOT) -> Path | None:
     return None
 
 
-def imports(path: Path, root: Path = ROOT) -> set[str]:
+def imports(path: Path, root: Path = ROOT, by_name: bool = True) -> set[str]:
     """Every module `path` imports, at the top or inside a function, relative ones resolved, and
-    every in-repo module it names as a string (a module it runs with `-m`)."""
+    (`by_name`) every in-repo module it names as a string (a module it runs with `-m`)."""
     package = module_name(path, root).split(".")
     if path.name != "__init__.py":
         package = package[:-1]
@@ -53,7 +53,7 @@ def imports(path: Path, root: Path = ROOT) -> set[str]:
             module = ".".join(base + ([node.module] if node.module else []))
             out.add(module)
             out.update(f"{module}.{alias.name}" for alias in node.names)  # `from . import x` names a module
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+        elif by_name and isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                 re.fullmatch(r"(?:stages|flows|reverie)(?:\.\w+)+", node.value):
             out.add(node.value)
     return out

@@ -1,15 +1,31 @@
-"""The software a result was produced with: the installed versions of the packages that decide
-training and scoring, and the digest of the lock file they were installed from.
+"""The environment a stage runs in and the software a result was produced with.
 
-Recorded in every MLflow run and stated in the report, so that two results can be compared
-knowing whether they came from the same environment (a blind and a seeing student once came
-from the same code and two installs a day apart)."""
+`quiet_environment`: the process environment every stage (and the warm interpreter) sets first.
+`environment`: the installed versions of the packages that decide training and scoring, and the
+digest of the lock file they were installed from. Recorded in every MLflow run and stated in the
+report, so that two results can be compared knowing whether they came from the same environment
+(a blind and a seeing student once came from the same code and two installs a day apart)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
+
+
+def quiet_environment() -> None:
+    """No hub access, no analytics; the defaults the README promises."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a
+    # model (PeftModel.__init__), so every tune and evaluate warned about code that is not ours;
+    # filtered by its exact text so that any other deprecation still shows
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
 
 KEY_PACKAGES = ("torch", "transformers", "tokenizers", "peft", "accelerate", "numpy", "pillow", "safetensors",
                 "mlflow", "dvc", "prefect", "great_expectations", "pydantic")

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .io import write_json, write_jsonl
 from .settings import ParamsError
-from .records import filter_quality
+from .records import judge_scores
 from .teachers.protocol import Teacher
 from .teachers.scene_graph import SceneGraphTeacher
 from .world import Scene, companions, image_relpath, sample_world, write_scene
@@ -101,7 +101,7 @@ def finish_dataset(scenes: list[Scene], raw: list[dict], out_dir: str | Path, el
     judged_out = [{"reason": f"judge: {r['judge']['reason']}", "record": r} for r in raw if not r["judge"]["consistent"]]
     quarantined = list(failed) + judged_out
     splits = image_splits if image_splits is not None else [s.split for s in scenes]
-    quality = filter_quality(raw)
+    quality = judge_scores(raw)
     metrics = {
         "records": len(kept),
         "raw_records": len(raw),

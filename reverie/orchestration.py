@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from .settings import load_params
 from .workspace import dvc_command
@@ -33,16 +33,21 @@ class Plan:
 
 
 class StageQueue:
-    """Which stale stages to start next, and with how many threads, when up to `parallel` run at
-    once (`orchestration.parallel_stages`).
+    """Which stale stages to start next, with how many threads and on which devices, when up to
+    `parallel` run at once (`orchestration.parallel_stages`) on the devices of
+    `orchestration.devices`.
 
     Stages start in DVC's order (in-order issue): a stage starts once every stage before it has
-    started, its upstream stages have finished and a slot is free. So the base step runs alone
-    with every core, the tune@ and evaluate@ runs go two by two (each with cores / parallel
-    threads: a tiny model scales poorly over threads, and the runs' single-threaded start-up,
-    imports and loading, overlaps), and `dvc repro`'s order still describes what happens."""
+    started, its upstream stages have finished, a slot is free and, when devices are declared,
+    as many of them are free as it needs (`needs`: its processes; stages without torch need
+    none). So the base step runs alone with every core, the tune@ and evaluate@ runs go two by
+    two on a CPU (each with cores / parallel threads: a tiny model scales poorly over threads,
+    and the runs' single-threaded start-up overlaps), one per GPU on a GPU node, and `dvc
+    repro`'s order still describes what happens. A stage's devices are its own until it ends,
+    failed or not: no two running stages ever share one."""
 
-    def __init__(self, plan: Plan, parallel: int, cpus: int):
+    def __init__(self, plan: Plan, parallel: int, cpus: int, devices: Sequence[str] = (),
+                 needs: Mapping[str, int] | None = None):
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
         self.parallel, self.cpus = parallel, max(1, cpus)
@@ -50,24 +55,58 @@ class StageQueue:
         self.upstream = {name: plan.upstream.get(name, frozenset()) & plan.stale for name in self.waiting}
         self.running: set[str] = set()
         self.finished: set[str] = set()
+        self.devices = tuple(devices)
+        self.needs = {name: (needs or {}).get(name, 0) if self.devices else 0 for name in self.waiting}
+        too_many = {name: n for name, n in self.needs.items() if n > len(self.devices)}
+        if too_many:
+            raise ValueError(f"stage(s) need more devices than orchestration.devices has ({len(self.devices)}): "
+                             + ", ".join(f"{name} needs {n}" for name, n in too_many.items()))
+        self.free = list(self.devices)
+        self.held: dict[str, tuple[str, ...]] = {}
 
     def start(self) -> list[tuple[str, int]]:
-        """The stages to start now, each with its thread count; marks them running."""
+        """The stages to start now, each with its thread count; marks them running and gives
+        each its devices (`held`)."""
         started = []
         while (self.waiting and len(self.running) < self.parallel
-               and self.upstream[self.waiting[0]] <= self.finished):
+               and self.upstream[self.waiting[0]] <= self.finished
+               and self.needs[self.waiting[0]] <= len(self.free)):
             name = self.waiting.pop(0)
             self.running.add(name)
+            need = self.needs[name]
+            self.held[name], self.free = tuple(self.free[:need]), self.free[need:]
             started.append(name)
         threads = self.cpus if len(self.running) == 1 else max(1, self.cpus // self.parallel)
         return [(name, threads) for name in started]
 
     def finish(self, name: str) -> None:
+        """A stage ended (finished or failed): its slot and its devices are free again."""
         self.running.discard(name)
         self.finished.add(name)
+        returned = set(self.held.pop(name, ()))
+        self.free = [d for d in self.devices if d in returned or d in self.free]
 
     def done(self) -> bool:
         return not self.waiting and not self.running
+
+
+def device_needs(params, stages: Sequence[str]) -> dict[str, int]:
+    """The devices each stage runs on: its processes for the training stages (`launch.processes`),
+    one for an evaluate@ run, none for the stages without a model (generate, validate, chance,
+    report)."""
+    needs = {}
+    for name in stages:
+        kind = name.split(":")[-1].split("@")[0]
+        needs[name] = {"base": params.base.launch.processes, "tune": params.tune.launch.processes,
+                       "evaluate": 1}.get(kind, 0)
+    return needs
+
+
+def device_environment(devices: Sequence[str]) -> dict:
+    """What a stage given `devices` sees: only those (CUDA numbers them from 0 inside it)."""
+    from .launch import DEVICES_ENV
+
+    return {DEVICES_ENV: ",".join(devices)} if devices else {}
 
 
 @contextmanager
@@ -126,6 +165,21 @@ def read_once():
         param.load_path, Output._get_hash_meta = load_path, get_hash_meta
 
 
+def stage_graph(graph) -> tuple[dict, dict[str, frozenset[str]]]:
+    """DVC's stages in the order `dvc repro` runs them, each named as from the project root
+    (`tune@pos-0`; DVC's `addressing` is relative to the cwd), and each one's upstream stages."""
+    from dvc.repo.reproduce import plan_repro
+    from dvc.stage import PipelineStage
+
+    # dvc.yaml stages; `.dvc` files of tracked data are nodes too, with nothing to run
+    order = [stage for stage in plan_repro(graph) if isinstance(stage, PipelineStage)]
+    names = {stage: stage.name if stage.path_in_repo == "dvc.yaml" else f"{stage.path_in_repo}:{stage.name}"
+             for stage in order}
+    upstream = {name: frozenset(names[s] for s in graph.successors(stage) if s in names)
+                for stage, name in names.items()}
+    return names, upstream
+
+
 def plan(root: str | Path = ".", label: str | None = None, on_wait=print, wait_s: float = 5.0) -> Plan:
     """Asks DVC once which stages are stale. In this process: a `dvc status` subprocess would add
     a second of imports to every run. While another DVC process holds the workspace's locks, waits
@@ -133,8 +187,6 @@ def plan(root: str | Path = ".", label: str | None = None, on_wait=print, wait_s
     import networkx as nx
     from dvc.lock import LockError
     from dvc.repo import Repo, lock_repo
-    from dvc.repo.reproduce import plan_repro
-    from dvc.stage import PipelineStage
 
     announced = False
     while True:
@@ -143,20 +195,14 @@ def plan(root: str | Path = ".", label: str | None = None, on_wait=print, wait_s
             # params for each new hold, which is most of the time a no-op run takes
             with command_line(label), read_once(), Repo(str(root)) as repo, lock_repo(repo):
                 graph = repo.index.graph
-                # dvc.yaml stages; `.dvc` files of tracked data are nodes too, with nothing to run
-                order = [stage for stage in plan_repro(graph) if isinstance(stage, PipelineStage)]
-                # named as from the project root (DVC's `addressing` is relative to the cwd)
-                names = {stage: stage.name if stage.path_in_repo == "dvc.yaml" else f"{stage.path_in_repo}:{stage.name}"
-                         for stage in order}
+                names, upstream = stage_graph(graph)
                 changed = set(repo.status())  # keyed by `addressing`
                 stale = set()
                 for stage, name in names.items():
                     if stage.addressing in changed:
                         # DVC's graph points from a stage to the stages it depends on
                         stale |= {name} | {names[s] for s in nx.ancestors(graph, stage) if s in names}
-                upstream = {name: frozenset(names[s] for s in graph.successors(stage) if s in names)
-                            for stage, name in names.items()}
-                return Plan(tuple(names[s] for s in order), frozenset(stale), upstream)
+                return Plan(tuple(names.values()), frozenset(stale), upstream)
         except LockError as exc:
             if not announced:
                 on_wait(f"DVC is busy in this workspace, waiting: {exc}")

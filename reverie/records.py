@@ -25,7 +25,7 @@ def make_record(record_id: str, image: str, split: str, item, verdict, provenanc
     }
 
 
-def filter_quality(raw: list[dict]) -> dict:
+def judge_scores(raw: list[dict]) -> dict:
     """Precision and recall of the judge against the injected errors recorded in provenance."""
     flagged = [not r["judge"]["consistent"] for r in raw]
     injected = [r["provenance"].get("injected_error") is not None for r in raw]

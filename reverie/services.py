@@ -62,6 +62,7 @@ class Addresses:
     prefect_port: int
     mlflow_port: int
     store: str  # the MLflow tracking URI the stages log to
+    experiment: str = "reverie"  # project.mlflow_experiment
 
     @property
     def prefect_ui(self) -> str:
@@ -80,12 +81,19 @@ class Addresses:
     def mlflow_ui(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}" if self.starts_mlflow else self.store.rstrip("/")
 
+    def mlflow_runs(self) -> str:
+        """Where a user opens the runs: the experiment's runs table once it exists (asked of the
+        running server), else the UI's home."""
+        from .tracking import experiment_link
+
+        return experiment_link(self.mlflow_ui, self.experiment) or self.mlflow_ui
+
 
 def addresses(params, root: str | Path = ".", prefect_port: int | None = None,
               mlflow_port: int | None = None) -> Addresses:
     o = params.orchestration
     return Addresses(o.host, prefect_port or o.prefect_port, mlflow_port or o.mlflow_port,
-                     tracking_uri(params.project.mlflow_tracking_uri, root))
+                     tracking_uri(params.project.mlflow_tracking_uri, root), params.project.mlflow_experiment)
 
 
 def prefect_environment(a: Addresses, root: str | Path = ".") -> dict:
@@ -277,7 +285,7 @@ def serve(root: Path, a: Addresses, serve_args: list[str], startup_timeout_s: fl
         sup.start(Child("deployment", [sys.executable, "-m", "flows.serve", *serve_args], env, None))
         services_file.write_text(json.dumps({"pid": os.getpid(), "prefect_api": a.prefect_api,
                                              "prefect_ui": a.prefect_ui, "mlflow_ui": a.mlflow_ui}) + "\n")
-        print(f"\n  Prefect UI: {a.prefect_ui}\n  MLflow UI:  {a.mlflow_ui}   (store: {a.store})\n\n"
+        print(f"\n  Prefect UI: {a.prefect_ui}\n  MLflow UI:  {a.mlflow_runs()}   (store: {a.store})\n\n"
               f"  Ctrl-C stops the deployment (cancelling a run in progress), MLflow and Prefect.\n", flush=True)
         while True:
             for child in sup.children:
@@ -330,6 +338,11 @@ def mlflow_ui(root: Path, a: Addresses) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     server.start(root)
     try:
+        deadline = time.monotonic() + 90
+        while server.proc.poll() is None and time.monotonic() < deadline and not answers(f"{a.mlflow_ui}/health"):
+            time.sleep(1)
+        if server.proc.poll() is None:
+            print(f"the project's runs: {a.mlflow_runs()}", flush=True)
         return server.proc.wait()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: the stop below is bounded anyway

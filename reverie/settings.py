@@ -222,6 +222,26 @@ class ModelSettings(Section):
     vocab_size: int = 1024
 
 
+class LaunchSettings(Section):
+    """How a training stage's processes start (reverie/launch.py): inside the command DVC runs, so
+    a multi-process run is recorded in dvc.lock like any other."""
+
+    launcher: Literal["plain", "torchrun", "accelerate"] = "plain"
+    processes: int = Field(1, ge=1)  # per stage: torchrun's --nproc-per-node, accelerate's --num_processes; the devices it is given
+    accelerate_config: str | None = None  # configs/accelerate/*.yaml, for launcher: accelerate
+    port: int | None = Field(None, ge=1, le=65535)  # the rendezvous port; null: a free one at launch
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.launcher == "plain" and self.processes != 1:
+            raise ValueError("processes > 1 needs a launcher (torchrun or accelerate)")
+        if self.launcher == "accelerate" and not self.accelerate_config:
+            raise ValueError("launcher: accelerate needs accelerate_config (one of configs/accelerate/*.yaml)")
+        if self.accelerate_config and not Path(self.accelerate_config).is_file():
+            raise ValueError(f"accelerate_config {self.accelerate_config} is not a file")
+        return self
+
+
 class LoopSettings(Section):
     """How the training loop runs (reverie/student/train.py), the same keys in `base` and `tune`.
     The defaults are the tiny CPU run's: fp32, no checkpointing, the whole batch in one forward
@@ -240,6 +260,7 @@ class LoopSettings(Section):
     # torch's compute threads. A declared param, not the route's choice: a CPU run's weights depend
     # on it (the order of a sum over threads), so the flow and a plain `dvc repro` must agree
     threads: int = Field(1, ge=1)
+    launch: LaunchSettings = LaunchSettings()
 
     @model_validator(mode="after")
     def _micro_batch_fits(self):
@@ -270,7 +291,7 @@ class BaseTrainSettings(LoopSettings):
     seeing_epochs: float = Field(1.5, ge=0)  # first: descriptions, kinds present and existence probes only
     probes_per_image: int = Field(6, ge=0)  # then, per image and epoch: one-skill questions cycling through `skills`
     # the one-skill questions of the second phase, in the order they cycle (a skill named twice is asked
-    # twice as often); every name is one of student/base.py SKILLS
+    # twice as often); every name is one of student/curriculum.py SKILLS
     skills: list[str] = ["existence", "choice_shape", "color", "count", "verify_color", "choice_shape", "choice_color",
                          "verify_count", "existence", "verify_position", "shape", "choice_shape"]
     seed: int = 0
@@ -349,7 +370,7 @@ class TuneSettings(LoopSettings):
     checkpoint_every: int = Field(100, ge=1)
     quick_eval_images: int = Field(100, ge=0)
     mix: MixSettings = MixSettings()
-    # the base's instruction questions (student/base.py SKILLS) mixed into every run, this many per
+    # the base's instruction questions (student/curriculum.py SKILLS) mixed into every run, this many per
     # train record, drawn once (the same for every variant and seed): the miniature's share of
     # LLaVA-665k that the paper tunes on beside REVERIE's samples (measured without it: the
     # baseline forgot the yes/no checks of colours it was trained on, MME colour 50 -> 3)
@@ -438,6 +459,8 @@ class SuitesSettings(Section):
 class EvaluateSettings(Section):
     batch_size: int = Field(64, ge=1)
     threads: int = Field(1, ge=1)  # torch's compute threads, as LoopSettings.threads
+    # the weights' precision when answering (on the GPU the stage is given, else the CPU)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_new_tokens: int = Field(8, ge=1)  # the synthetic suites'; real suites have their own
     pope_objects: int = Field(3, ge=1)
     eval_images: int | None = Field(None, ge=1)
@@ -468,12 +491,29 @@ class OrchestrationSettings(Section):
     # (plain `dvc repro` runs one at a time); 1 on a GPU machine where the runs would share one GPU
     parallel_stages: int = Field(2, ge=1)
     # the flow's stage processes fork from one that imported torch, transformers, peft and mlflow
-    # once (reverie/warm.py), instead of each importing them (10-11 s a process on 2 cores)
+    # once (reverie/warm.py), instead of each importing them again
     warm_interpreter: bool = True
+    # the devices the flow places stages on (CUDA_VISIBLE_DEVICES ids): each base/tune@ run gets its
+    # launch.processes of them, each evaluate@ run one, never shared; empty: no placement (a CPU run)
+    devices: list[str] = []
     # where `make serve` (and `make mlflow-ui`) listen; the artifacts' MLflow links point there
     host: str = "127.0.0.1"
     prefect_port: int = Field(4200, ge=1, le=65535)
     mlflow_port: int = Field(5000, ge=1, le=65535)
+
+
+class PlanSettings(Section):
+    """What `flows.pipeline --plan` cannot count or measure in the workspace (reverie/plan.py);
+    null: counted (data, the mix file) or measured (this workspace's metrics, a gpu_step file)."""
+
+    records: int | None = Field(None, ge=1)  # train records per run
+    mix_conversations: int | None = Field(None, ge=0)  # conversations in tune.mix.path
+    tokens_per_sample: float | None = Field(None, gt=0)  # null: tune.max_length (an upper bound)
+    tokens_per_s: float | None = Field(None, gt=0)  # training tokens per second per device
+    throughput_file: str | None = None  # `python -m benchmarks.gpu_step --write FILE` output
+    base_seconds: float | None = Field(None, ge=0)
+    eval_seconds: float | None = Field(None, ge=0)  # per evaluate@ run
+    stage_seconds: float = Field(0.0, ge=0)  # every stage's start-up (imports, loading)
 
 
 class Params(Section):
@@ -486,6 +526,7 @@ class Params(Section):
     evaluate: EvaluateSettings = EvaluateSettings()
     report: ReportSettings = ReportSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
+    plan: PlanSettings = PlanSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

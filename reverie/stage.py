@@ -7,26 +7,14 @@ import gc
 import json
 import os
 import sys
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from .environment import quiet_environment
 from .io import DataFileError
 from .settings import ParamsError, ReadRecorder, load_params
 from .warm import delegate
 from .workspace import WorkspaceBusy, refuse_if_held
-
-
-def quiet_environment() -> None:
-    """No hub access, no analytics; the defaults the README promises."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a
-    # model (PeftModel.__init__), so every tune and evaluate warned about code that is not ours;
-    # filtered by its exact text so that any other deprecation still shows
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -48,9 +36,9 @@ def stage(name: str):
         yield
         # The process ends here, and its objects with it. Interpreter shutdown otherwise walks
         # the millions of objects torch, transformers and mlflow created in cyclic-GC passes:
-        # 2.5-3 s of every stage process (an evaluate stage: 3.0-3.3 s from its return to its
-        # exit, 0.4-0.8 s frozen, measured here), in 25 processes of the default pipeline. atexit
-        # handlers (MLflow's, the params read recorder) still run; memory goes back to the OS.
+        # seconds of every stage process, in 25 processes of the default pipeline
+        # (docs/results.md). atexit handlers (MLflow's, the params read recorder) still run;
+        # memory goes back to the OS.
         gc.freeze()
     except WorkspaceBusy as exc:
         print(f"[{name}] {exc}", file=sys.stderr)
@@ -67,13 +55,19 @@ class StageFailed(RuntimeError):
     """A stage that ran but whose result must not be trusted downstream."""
 
 
-def compute_threads(threads: int) -> int:
-    """Sets torch's compute threads to the stage's declared count, whatever the route (the flow's
-    OMP_NUM_THREADS, a plain `dvc repro`'s every core) gave the process; returns it for the metrics."""
+def compute(threads: int, launch=None, module: str | None = None) -> dict:
+    """A torch stage's compute, as its params declare it: under its launcher (this process becomes
+    the launcher of the same command, reverie/launch.py), with its threads whatever the route (the
+    flow's OMP_NUM_THREADS, a plain `dvc repro`'s every core) gave the process, on the devices the
+    flow placed it on. Returns what it used, for the stage's metrics."""
+    from .launch import DEVICES_ENV, relaunch
+
+    if launch is not None:
+        relaunch(launch, module)
     import torch
 
     torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    return {"threads": torch.get_num_threads(), "devices": os.environ.get(DEVICES_ENV, "")}
 
 
 RECORD_READS_ENV = "REVERIE_RECORD_READS"

@@ -216,6 +216,23 @@ def run_links(params, run_ids: list[str]) -> dict[str, str | None]:
     return links
 
 
+def experiment_link(ui: str, experiment: str, timeout: float = 2.0) -> str | None:
+    """The experiment in the MLflow UI at `ui` (a running server, asked over its REST API),
+    opened on its runs table; None when the server does not answer or has no such experiment yet.
+    Seen in a browser: MLflow 3.17's UI opens an experiment on the GenAI overview ("Traces 0")
+    whatever its kind tag says, unless the address asks for the machine-learning view."""
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    try:
+        with urllib.request.urlopen(f"{ui}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=timeout) as r:
+            found = json.loads(r.read())["experiment"]["experiment_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return f"{ui}/#/experiments/{found}?{UI_WORKFLOW}"
+
+
 def prefect_tags() -> dict:
     """Ties an MLflow run to the Prefect flow run that started the stage, when there is one."""
     flow_run = os.environ.get("REVERIE_PREFECT_FLOW_RUN_ID")

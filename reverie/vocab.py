@@ -11,7 +11,7 @@ LETTER = "Answer with the option's letter from the given choices directly."
 # (the paper's response-only, +positive, +negative, +both), and two controls. Every variant
 # trains the same number of optimizer steps on batches of the same size, and every sample
 # trains its record's answer once, so variants differ in what they are taught, not in how long
-# or how often they see an answer (reverie/tune.py derives the steps). The controls:
+# or how often they see an answer (reverie/tuning.py derives the steps). The controls:
 # - `pos_neg_shuffled`: pos_neg with each record's rationales taken from another image's
 #   record: the same amount of rationale text, none of its content about this image;
 # - `response_1x`: the baseline at a third of the steps, as the paper's recipe (the same epochs
@@ -44,7 +44,7 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 )
 
 
-# The one-skill questions the base student is taught (reverie/student/base.py poses them; base.skills
+# The one-skill questions the base student is taught (reverie/student/curriculum.py poses them; base.skills
 # in params.yaml picks and weights them): whether a kind is there, how many, its colour, size and place,
 # the shape at a place, everything about a kind, the shape or colour as a multiple-choice letter, and
 # yes/no checks of a count, a colour and a place.

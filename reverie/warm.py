@@ -1,6 +1,6 @@
 """A warm interpreter for the flow's stage processes: one process imports torch, transformers,
 peft, accelerate and mlflow once, and each stage process forks from it instead of importing
-them again (10-11 s per process on the 2 cores here, in 25 stage processes of the default run).
+them again (seconds per process, in 25 stage processes of the default run; docs/results.md).
 
 DVC still runs every stage as its own command (`python -m stages.tune ...`). When the flow has
 started a server and named it in REVERIE_WARM_SOCKET, that command, on entering `stage()`,
@@ -37,9 +37,11 @@ from typing import Iterator
 
 SOCKET_ENV = "REVERIE_WARM_SOCKET"
 CHILD_ENV = "REVERIE_WARM_CHILD"  # set in a forked child: it runs the stage, it does not delegate
-# The stage processes' variables that may differ from the server's: per-stage threads, what DVC
-# and the shell that runs a stage's command set, and the child marker.
-PER_STAGE = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PWD", "OLDPWD", "SHLVL", "_", SOCKET_ENV, CHILD_ENV)
+# The stage processes' variables that may differ from the server's: per-stage threads, the devices
+# the flow placed the stage on (CUDA reads them when it starts, in the child: see `cuda_started`),
+# what DVC and the shell that runs a stage's command set, and the child marker.
+PER_STAGE = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PWD", "OLDPWD", "SHLVL", "_",
+             SOCKET_ENV, CHILD_ENV)
 PER_STAGE_PREFIXES = ("DVC_",)
 STREAMS = 3  # stdin, stdout, stderr
 MAX_MESSAGE = 1 << 20
@@ -103,6 +105,16 @@ def _receive(conn: socket.socket, want_fds: int = 0) -> tuple[dict | None, list[
 
 def _compared(env: dict) -> dict:
     return {k: v for k, v in env.items() if k not in PER_STAGE and not k.startswith(PER_STAGE_PREFIXES)}
+
+
+def cuda_started() -> str | None:
+    """Why no child may be forked once CUDA runs in this process: a forked child cannot use its
+    parent's CUDA context, and CUDA read the device list (CUDA_VISIBLE_DEVICES) when it started.
+    Importing torch does not start it; nothing in the server asks for a device."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA was started in the warm interpreter: a forked child could not use it"
+    return None
 
 
 def environment_difference(server: dict, stage: dict) -> str | None:
@@ -201,7 +213,7 @@ def _address(address: str) -> str | bytes:
 def serve(address: str, parent_pid: int | None = None, modules: tuple[str, ...] | list[str] = PRELOAD) -> None:
     """Imports, then listens and forks a child per command. Ends on SIGTERM, or when
     `parent_pid` (the flow) is gone."""
-    from .stage import quiet_environment
+    from .environment import quiet_environment
 
     quiet_environment()  # as every stage does first: the server's environment is theirs
     started = time.monotonic()
@@ -287,7 +299,7 @@ def _answer(conn: socket.socket, listener: socket.socket, server_env: dict, impo
         if request is None or len(fds) != STREAMS:
             return None
         command = " ".join([request["module"] or request["argv"][0], *request["argv"][1:]])
-        why = environment_difference(server_env, request["env"])
+        why = environment_difference(server_env, request["env"]) or cuda_started()
         if why:
             _send(conn, {"refused": why})
             print(f"[warm] refused: {command}: {why}", flush=True)

@@ -1,7 +1,7 @@
 """DVC stage `base`: the shared base student every variant starts from (trained once), and
 the check that it sees: the stage fails when it does not (base.min_existence_accuracy)."""
 from reverie.io import write_json
-from reverie.stage import StageFailed, compute_threads, params_from, parser, stage
+from reverie.stage import StageFailed, compute, params_from, parser, stage
 
 
 def main() -> None:
@@ -12,11 +12,12 @@ def main() -> None:
     p.add_argument("--metrics", default="metrics/base.json")
     args = p.parse_args()
     with stage("base"):
-        from reverie.tune import base_gate, is_main_process, train_base
+        from reverie.base_step import base_gate, train_base
+        from reverie.training_run import is_main_process
 
         params = params_from(args)
-        threads = compute_threads(params.base.threads)
-        metrics = train_base(params, args.data, args.split, args.out) | {"threads": threads}
+        used = compute(params.base.threads, params.base.launch, "stages.base")
+        metrics = train_base(params, args.data, args.split, args.out) | used
         if not is_main_process():
             return
         failure = base_gate(metrics, params.base.min_existence_accuracy)

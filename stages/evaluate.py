@@ -1,7 +1,7 @@
 """DVC stage `evaluate@<variant>-<seed>`: benchmarks on held-out scenes, into the same MLflow run."""
 from reverie.io import write_json
 from reverie.vocab import VARIANTS, run_name
-from reverie.stage import compute_threads, params_from, parser, stage
+from reverie.stage import compute, params_from, parser, stage
 
 
 def main() -> None:
@@ -21,10 +21,10 @@ def main() -> None:
         from reverie.evaluation.run import evaluate_student
 
         params = params_from(args)
-        threads = compute_threads(params.evaluate.threads)
+        used = compute(params.evaluate.threads)
         m = evaluate_student(params, args.model or f"models/{name}", args.data, args.split,
                              args.predictions or f"predictions/{name}.jsonl", args.answers or f"predictions/llava/{name}")
-        m["threads"] = threads
+        m |= used
         write_json(args.metrics or f"metrics/eval/{name}.json", m)
         print(f"[evaluate {name}] POPE F1 random/popular/adversarial "
               f"{m.get('pope.random.f1', 0):.3f}/{m.get('pope.popular.f1', 0):.3f}/{m.get('pope.adversarial.f1', 0):.3f}, "

@@ -33,7 +33,7 @@ def main() -> None:
                 raise StageFailed(f"the sharded generation flow exited with status {done.returncode}")
             metrics = json.loads(Path(args.metrics).read_text())
         else:
-            from reverie.teachers.openai_compat import TeacherConfigError
+            from reverie.teachers.chat_transport import TeacherConfigError
 
             try:
                 result = generate_dataset(params, args.out)

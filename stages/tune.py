@@ -1,7 +1,7 @@
 """DVC stage `tune@<variant>-<seed>`: reflective tuning of one variant from the shared base."""
 from reverie.io import write_json
 from reverie.vocab import VARIANTS, run_name
-from reverie.stage import compute_threads, params_from, parser, stage
+from reverie.stage import compute, params_from, parser, stage
 
 
 def main() -> None:
@@ -17,17 +17,18 @@ def main() -> None:
     args = p.parse_args()
     name = run_name(args.variant, args.seed)
     with stage(f"tune {name}"):
-        from reverie.tune import is_main_process, tune_variant
-        from reverie.evaluation.quick import heldout_check
+        from reverie.training_run import is_main_process
+        from reverie.tuning import tune_variant
+        from reverie.evaluation.heldout_check import heldout_check
 
         params = params_from(args)
-        threads = compute_threads(params.tune.threads)
+        used = compute(params.tune.threads, params.tune.launch, "stages.tune")
         out = args.out or f"models/{name}"
         metrics = tune_variant(params, args.variant, args.seed, args.base, args.data, args.split, out,
                                loss_csv=args.losses or f"plots/loss/{name}.csv")
         if not is_main_process():
             return  # the main process evaluates and writes the outputs
-        metrics |= heldout_check(params, out, args.data) | {"threads": threads}
+        metrics |= heldout_check(params, out, args.data) | used
         write_json(args.metrics or f"metrics/tune/{name}.json", metrics)
         print(f"[tune {name}] loss {metrics['train_loss']:.3f} (response {metrics['response_loss']:.3f}), "
               f"{metrics['tokens_per_s']:.0f} tokens/s, padding {metrics['padding_fraction']:.1%}, "

@@ -163,6 +163,8 @@ def flow_project(tmp_path_factory, prefect_harness):
     """A tiny project for the Prefect flow (tests/test_flow.py, tests/test_routes.py)."""
     params = tiny_params_dict()
     params["tune"]["variants"] = ["response"]
+    # fake device ids: each base/tune@/evaluate@ stage is placed on one of them (tests/test_flow.py)
+    params["orchestration"]["devices"] = ["0", "1"]
     return make_project(tmp_path_factory.mktemp("flowproject"), params)
 
 
@@ -182,3 +184,10 @@ def flow_first_run(flow_project):
     """The flow's first run of the whole DAG in `flow_project`, shared by the tests that read it."""
     return run_flow(flow_project, return_state=True)
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """REVERIE_TEST_ORDER=reverse runs the suite back to front: every test must pass in any order
+    (a test that leans on another's leftovers fails one way round)."""
+    if os.environ.get("REVERIE_TEST_ORDER") == "reverse":
+        items.reverse()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from reverie.annotations import read_annotations
 from reverie.evaluation.suites import object_statistics, pope
-from reverie.records import PUBLISHED_FIELDS, filter_quality
+from reverie.records import PUBLISHED_FIELDS, judge_scores
 from reverie.settings import AnnotationSettings, GenerateSettings
 from reverie.teachers.judge import SceneGraphJudge
 from reverie.teachers.annotated import AnnotatedSceneTeacher, contradiction
@@ -269,7 +269,7 @@ def test_teacher_answers_match_the_annotations_and_the_judge_accepts_them(tmp_pa
 
 def test_the_judge_catches_injected_teacher_errors_on_crowded_scenes(tmp_path):
     records = teach(read_annotations(random_coco(tmp_path, 40)), noise_rate=1.0)
-    quality = filter_quality(records)
+    quality = judge_scores(records)
     assert quality["injected"] == len(records)
     assert quality["filter_recall"] >= 0.9 and quality["filter_precision"] == 1.0
 

@@ -18,7 +18,8 @@ import yaml
 
 from reverie.data_import import image_folder
 from reverie.settings import GenerateSettings, OpenAITeacherSettings
-from reverie.teachers.openai_compat import TeacherConfigError, generate_with_openai
+from reverie.teachers.chat_transport import TeacherConfigError
+from reverie.teachers.openai_compat import generate_with_openai
 from reverie.teachers.preview import image_tokens, preview_openai
 
 from .batch_server import BatchServer
@@ -86,7 +87,8 @@ CHILD = """
 import sys
 from pathlib import Path
 from reverie.settings import GenerateSettings
-from reverie.teachers.openai_compat import TeacherConfigError, generate_with_openai
+from reverie.teachers.chat_transport import TeacherConfigError
+from reverie.teachers.openai_compat import generate_with_openai
 gen = GenerateSettings.model_validate_json(sys.argv[1])
 images = [(p.stem, p) for p in sorted(Path(sys.argv[2]).glob('*.png'))]
 generate_with_openai(images, gen, sys.argv[3], progress=False)

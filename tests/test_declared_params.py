@@ -33,7 +33,7 @@ def gaps(declared: list[str], reads: set[str]) -> tuple[list[str], list[str]]:
 def test_the_recorder_names_every_setting_read():
     params = ReadRecorder(Params())
     params.world.kinds, params.validate_.min_records, params.tune.lora.r
-    params.evaluate.model_dump(exclude={"batch_size"})
+    params.evaluate.model_dump(exclude={"batch_size", "threads", "precision"})
     assert params.reads == {"world.kinds", "validate.min_records", "tune.lora.r", "evaluate.max_new_tokens",
                             "evaluate.pope_objects", "evaluate.eval_images", "evaluate.mmbench_questions_per_image",
                             "evaluate.suites"}

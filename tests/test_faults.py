@@ -75,7 +75,7 @@ def test_a_truncated_jsonl_line_is_quarantined_with_its_reason(tmp_path):
 def test_sigkill_during_tune_then_rerun_resumes_from_the_checkpoint(repro_project, tmp_path):
     project, _ = repro_project
     work = tmp_path / "project"
-    shutil.copytree(project, work, ignore=shutil.ignore_patterns(".git", "mlflow.db", "mlruns", "mlartifacts"))
+    shutil.copytree(project, work, symlinks=True, ignore=shutil.ignore_patterns(".git", "mlflow.db", "mlruns", "mlartifacts"))
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["tune"].update(epochs=40, checkpoint_every=5, quick_eval_images=2)
     write_params(work / "params.yaml", params)

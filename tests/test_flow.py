@@ -1,6 +1,5 @@
 """The Prefect flow drives the same DVC stages (one prefect_test_harness per session)."""
 import json
-import os
 import time
 
 import pytest
@@ -99,3 +98,25 @@ def test_overrides_are_written_to_params_and_validated(flow_project, flow_first_
 
     with pytest.raises(ParamsError, match="validate.no_such_key"):
         run_flow(flow_project, overrides={"validate.no_such_key": 1})
+
+
+def test_the_flow_places_each_stage_on_its_own_devices_and_frees_them(flow_project, flow_first_run):
+    log = [json.loads(line) for line in (flow_project / ".reverie/placement.jsonl").read_text().splitlines()]
+    first = str(flow_first_run.state_details.flow_run_id)
+    spans = {}
+    for entry in (e for e in log if e["flow_run"] == first):
+        spans.setdefault(entry["stage"], {})[entry["event"]] = entry
+    assert set(spans) == set(flow_first_run.result()) and all({"start", "end"} <= set(s) for s in spans.values())
+    placed = {stage: tuple(s["start"]["devices"]) for stage, s in spans.items()}
+    assert {placed[s] for s in ("base", "tune@response-0", "evaluate@response-0")} <= {("0",), ("1",)}
+    assert placed["generate"] == placed["validate"] == placed["chance"] == placed["report"] == ()
+    # no two stages that ran at the same time held a device in common
+    for a, sa in spans.items():
+        for b, sb in spans.items():
+            overlap = a < b and sa["start"]["t"] < sb["end"]["t"] and sb["start"]["t"] < sa["end"]["t"]
+            assert not (overlap and set(placed[a]) & set(placed[b])), (a, b, placed[a], placed[b])
+    # each stage saw only its devices, and says so in its metrics
+    for stage, metrics in (("base", "base"), ("tune@response-0", "tune/response-s0"), ("evaluate@response-0", "eval/response-s0")):
+        recorded = json.loads((flow_project / f"metrics/{metrics}.json").read_text())["devices"]
+        assert recorded == ",".join(placed[stage]), stage
+    print("\nplacement log: " + "; ".join(f"{s} on {','.join(placed[s]) or '-'}" for s in spans))

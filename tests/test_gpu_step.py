@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.gpu_step import build_model, count_params, llava_config, main, parse, recipe
 from reverie.settings import LoraSettings
-from reverie.tune import apply_lora
+from reverie.tuning import apply_lora
 
 
 def test_the_recipe_is_the_7b_profiles():
@@ -16,10 +16,12 @@ def test_the_recipe_is_the_7b_profiles():
     assert (tune.batch_size, tune.max_length, tune.precision, tune.gradient_checkpointing) == (128, 2048, "bf16", True)
 
 
-def test_tiny_shape_on_cpu_runs_train_with_the_recipe_and_reports_positive_figures(capsys):
-    result = main(["--arch", "tiny", "--steps", "1", "--warmup", "1"])
+def test_tiny_shape_on_cpu_runs_train_with_the_recipe_and_reports_positive_figures(capsys, tmp_path):
+    result = main(["--arch", "tiny", "--steps", "1", "--warmup", "1", "--write", str(tmp_path / "step.json")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == json.loads(json.dumps(result))
+    # the file the plan reads its measured throughput from (plan.throughput_file)
+    assert json.loads((tmp_path / "step.json").read_text()) == printed | {"devices": 1}
     assert "error" not in printed and printed["training_function"] == "reverie.student.train.train"
     assert (printed["precision"], printed["grad_checkpointing"], printed["lora"]["r"]) == ("bf16", True, 128)
     assert printed["global_batch"] == 4 and printed["micro_batch"] == 2 and printed["accumulation_passes"] == 2

@@ -2,7 +2,7 @@
 consistent but for the one fault it is built to show, and the judge must name that fault."""
 import pytest
 
-from reverie.records import filter_quality
+from reverie.records import judge_scores
 from reverie.teachers.judge import Claims, SceneGraphJudge, Verdict
 
 JUDGE = SceneGraphJudge()
@@ -166,12 +166,12 @@ def test_claims_accumulate_within_one_rationale():
         "the positive rationale counts 1 squares but 2 are placed"
 
 
-def test_filter_quality_by_hand():
+def test_judge_scores_by_hand():
     def rec(flagged, injected):
         return {"judge": {"consistent": not flagged}, "provenance": {"injected_error": "wrong_answer" if injected else None}}
 
     # 3 flagged of which 2 injected; 4 injected in all
     raw = [rec(True, True), rec(True, True), rec(True, False), rec(False, True), rec(False, True), rec(False, False)]
-    assert filter_quality(raw) == {"flagged": 3, "injected": 4, "filter_precision": 2 / 3, "filter_recall": 2 / 4}
-    assert filter_quality([rec(False, False)]) == {"flagged": 0, "injected": 0, "filter_precision": 1.0,
-                                                   "filter_recall": 1.0}
+    assert judge_scores(raw) == {"flagged": 3, "injected": 4, "filter_precision": 2 / 3, "filter_recall": 2 / 4}
+    assert judge_scores([rec(False, False)]) == {"flagged": 0, "injected": 0, "filter_precision": 1.0,
+                                                 "filter_recall": 1.0}

@@ -36,7 +36,8 @@ def test_a_tiny_student_sees_and_the_tuned_one_beats_the_blind_prior_on_counts_a
     from reverie.generate import generate_dataset
     from reverie.io import write_jsonl
     from reverie.settings import Params
-    from reverie.tune import train_base, tune_variant
+    from reverie.base_step import train_base
+    from reverie.tuning import tune_variant
 
     params = Params.model_validate(merge(tiny_params_dict(tmp_path), LEARNING))
     data = tmp_path / "data"

@@ -11,7 +11,9 @@ from reverie.io import model_fingerprint
 from reverie.records import PUBLISHED_FIELDS
 from reverie.settings import GenerateSettings, LocalTeacherSettings
 from reverie.teachers.local_vlm import LocalTeacher, LocalVLM, generate_with_local
-from reverie.teachers.openai_compat import PROMPTS, TeacherConfigError, image_data_url
+from reverie.teachers.chat_messages import image_data_url
+from reverie.teachers.chat_steps import PROMPTS
+from reverie.teachers.chat_transport import TeacherConfigError
 
 from .chat_server import judge_answer, qa_answer, rationale_answer
 from .conftest import write_photos

@@ -15,8 +15,9 @@ import pytest
 
 from reverie.records import PUBLISHED_FIELDS
 from reverie.settings import GenerateSettings, OpenAITeacherSettings, Params
-from reverie.teachers.openai_compat import (SlidingWindowLimiter, TeacherConfigError, generate_with_openai,
-                                           retry_after_seconds)
+from reverie.teachers.chat_limits import SlidingWindowLimiter, retry_after_seconds
+from reverie.teachers.chat_transport import TeacherConfigError
+from reverie.teachers.openai_compat import generate_with_openai
 from reverie.teachers.parsing import ParseError, find_json, parse_judge, parse_questions
 
 from .chat_server import MODELS, ChatServer, Fault

@@ -403,7 +403,7 @@ def test_evaluate_logs_every_real_benchmarks_metrics_into_the_mlflow_run(tmp_pat
 
     monkeypatch.setattr(run, "benchmark_items", lambda *a, **k: ([], []))
     monkeypatch.setattr(run, "answer_items", fake_answer)
-    monkeypatch.setattr(student_model, "load_tuned", lambda d: (None, None, {"run_id": run_id, "variant": "pos", "seed": 0}))
+    monkeypatch.setattr(student_model, "load_tuned", lambda d, precision: (None, None, {"run_id": run_id, "variant": "pos", "seed": 0}))
     monkeypatch.setattr(run, "real_items", lambda suites: real_items(suites, tmp_path / "cache"))
     metrics = run.evaluate_student(params, tmp_path / "models" / "pos-s0", tmp_path, tmp_path,
                                    tmp_path / "pred.jsonl", tmp_path / "llava", progress=False)

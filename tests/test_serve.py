@@ -141,6 +141,12 @@ def test_make_serve_starts_prefect_mlflow_and_the_deployment(served):
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
     printed = served["log"].read_text()
     assert f"Prefect UI: {ui}" in printed and f"MLflow UI:  http://127.0.0.1:{served['mlflow_port']}" in printed
+    # the link to an experiment opens its runs table, not MLflow 3's GenAI overview (asked of the server)
+    from reverie.tracking import experiment_link
+
+    mlflow_ui = f"http://127.0.0.1:{served['mlflow_port']}"
+    assert experiment_link(mlflow_ui, "Default") == f"{mlflow_ui}/#/experiments/0?workflowType=machine_learning"
+    assert experiment_link(mlflow_ui, "no-such-experiment") is None
     # the state is the project's own
     assert (served["project"] / ".reverie/prefect").is_dir()
 

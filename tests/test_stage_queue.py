@@ -76,3 +76,48 @@ def test_only_stale_stages_run_and_up_to_date_upstream_does_not_block():
 def test_parallel_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         StageQueue(plan(), parallel=0, cpus=2)
+
+
+def drive_devices(queue, finish_order):
+    """Like drive, with each started stage's devices and what else held devices then."""
+    log = []
+    while not queue.done():
+        for stage, _ in queue.start():
+            others = {s: queue.held[s] for s in queue.running - {stage}}
+            log.append((stage, queue.held[stage], others))
+        stage = next(s for s in finish_order if s in queue.running)
+        queue.finish(stage)
+    return log
+
+
+def test_devices_are_placed_per_stage_and_never_shared():
+    needs = {"base": 2, "tune@a": 1, "tune@b": 1, "tune@c": 1, "evaluate@a": 1, "evaluate@b": 1, "evaluate@c": 1}
+    queue = StageQueue(plan(), parallel=8, cpus=2, devices=["g0", "g1", "g2"], needs=needs)
+    log = drive_devices(queue, list(ORDER))
+    for stage, held, others in log:
+        assert len(held) == needs.get(stage, 0), stage
+        for other, theirs in others.items():
+            assert not set(held) & set(theirs), (stage, other)
+    by_stage = {stage: held for stage, held, _ in log}
+    assert by_stage["base"] == ("g0", "g1") and by_stage["generate"] == ()
+    # three one-device runs at once on three devices: the tune@ runs fill them all
+    assert {by_stage["tune@a"], by_stage["tune@b"], by_stage["tune@c"]} == {("g0",), ("g1",), ("g2",)}
+    assert queue.free == ["g0", "g1", "g2"] and queue.held == {}
+
+
+def test_a_stage_waits_for_devices_and_a_failed_stage_frees_them():
+    needs = {"tune@a": 2, "tune@b": 2, "tune@c": 2}
+    queue = StageQueue(plan(["tune@a", "tune@b", "tune@c"]), parallel=3, cpus=2, devices=["0", "1", "2", "3"],
+                       needs=needs)
+    assert [s for s, _ in queue.start()] == ["tune@a", "tune@b"]  # four devices: two runs of two
+    assert queue.start() == []  # tune@c waits for devices although a slot is free
+    queue.finish("tune@b")  # the flow calls finish for a failed stage too
+    assert [s for s, _ in queue.start()] == ["tune@c"] and queue.held["tune@c"] == ("2", "3")
+
+
+def test_a_stage_that_needs_more_devices_than_declared_is_refused_up_front():
+    with pytest.raises(ValueError, match="tune@a needs 4"):
+        StageQueue(plan(), parallel=2, cpus=2, devices=["0", "1"], needs={"tune@a": 4})
+    # without declared devices (a CPU run) nothing is placed
+    queue = StageQueue(plan(), parallel=2, cpus=2, needs={"tune@a": 4})
+    assert all(n == 0 for n in queue.needs.values())

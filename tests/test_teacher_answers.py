@@ -13,7 +13,8 @@ import pytest
 
 from reverie.settings import GenerateSettings, OpenAITeacherSettings
 from reverie.teachers.cache import call_key
-from reverie.teachers.openai_compat import generate_with_openai, prompt_versions
+from reverie.teachers.chat_steps import prompt_versions
+from reverie.teachers.openai_compat import generate_with_openai
 from reverie.teachers.parsing import ParseError, parse_judge, parse_questions, parse_rationale
 
 from .chat_server import MODELS, ChatServer, Fault

@@ -19,7 +19,8 @@ from PIL import Image
 import reverie.generate
 from reverie.generate import generate_dataset
 from reverie.settings import GenerateSettings, OpenAITeacherSettings, Params, ParamsError, load_params
-from reverie.teachers.openai_compat import TeacherConfigError, generate_with_openai
+from reverie.teachers.chat_transport import TeacherConfigError
+from reverie.teachers.openai_compat import generate_with_openai
 
 from .chat_server import MODELS, ChatServer, Fault
 from .conftest import ROOT, tiny_params_dict, write_photos

@@ -62,6 +62,8 @@ def test_the_experiment_opens_as_a_machine_learning_one(store, tmp_path):
                              orchestration=SimpleNamespace(host="127.0.0.1", mlflow_port=5000))
     link = run_links(params, [run_id])[run_id]
     assert link == f"http://127.0.0.1:5000/#/experiments/{older}/runs/{run_id}?workflowType=machine_learning"
+    # and the address make serve and make mlflow-ui print opens the experiment's runs table
+    # (tests/test_serve.py asks a real server for it)
 
 
 def test_a_rerun_supersedes_the_older_run_and_compare_lists_only_the_current_one(store):

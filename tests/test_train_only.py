@@ -20,7 +20,7 @@ from reverie.evaluation.suites import build_all, object_statistics, pope
 from reverie.generate import build_teacher, generate_dataset
 from reverie.io import read_jsonl, write_jsonl
 from reverie.settings import GenerateSettings, Params, WorldSettings
-from reverie.student.base import probe_conversations
+from reverie.student.curriculum import probe_conversations
 from reverie.world import Scene, SceneObject, companions, image_relpath, load_scenes, sample_world
 from tests.conftest import tiny_params_dict
 

@@ -12,9 +12,9 @@ from PIL import Image
 from reverie.settings import LoraSettings, ModelSettings
 from reverie.student.model import build_tiny, image_token_count, load_student, train_tokenizer
 from reverie.student.samples import ChatEncoder, Conversation, Turn, RESPONSE
-from reverie.student.train import (ImageTable, TrainConfig, checkpoint_dir, length_grouped_batches, remove_checkpoints,
-                                    train)
-from reverie.tune import apply_lora
+from reverie.student.batching import ImageTable
+from reverie.student.train import TrainConfig, checkpoint_dir, length_grouped_batches, remove_checkpoints, train
+from reverie.tuning import apply_lora
 
 TINY = ModelSettings(vision_hidden=32, text_hidden=32, intermediate=64, vision_layers=1, text_layers=1,
                      vision_heads=2, text_heads=2, vocab_size=300, patch_size=8)
@@ -45,7 +45,7 @@ def tiny(tmp_path):
 
 
 def batch_loss(model, samples, images, pad_id):
-    from reverie.student.train import collate
+    from reverie.student.batching import collate
 
     ids, labels, _, mask = collate(samples, pad_id)
     with torch.no_grad():
@@ -255,7 +255,8 @@ from tests.test_training import make_data, TINY
 from pathlib import Path
 from reverie.student.model import build_tiny, image_token_count, train_tokenizer
 from reverie.student.samples import ChatEncoder
-from reverie.student.train import ImageTable, TrainConfig, train
+from reverie.student.batching import ImageTable
+from reverie.student.train import TrainConfig, train
 root = Path(sys.argv[2]); torch.manual_seed(0)
 convs = make_data(root)
 tok = train_tokenizer(["What color is the image?", "red", "blue", "USER: ASSISTANT:"] * 5, 300)

@@ -9,8 +9,9 @@ import torch
 from reverie.settings import LoraSettings, MixSettings, TuneSettings
 from reverie.student.model import build_tiny, image_token_count, train_tokenizer
 from reverie.student.samples import IGNORE, RATIONALE, RESPONSE, ChatEncoder, Conversation, Turn
-from reverie.student.train import ImageStream, ImageTable, TrainConfig, collate, image_source, train, truncate
-from reverie.tune import apply_lora, mix_conversations
+from reverie.student.batching import ImageStream, ImageTable, collate, image_source
+from reverie.student.train import TrainConfig, train, truncate
+from reverie.tuning import apply_lora, mix_conversations
 from tests.test_training import TINY, make_data
 
 
@@ -194,7 +195,7 @@ def test_tune_variant_runs_the_real_model_recipe_with_a_mix(tiny, tmp_path, monk
 
     from reverie.io import write_jsonl
     from reverie.settings import Params
-    from reverie.tune import tune_variant
+    from reverie.tuning import tune_variant
     from tests.conftest import merge, tiny_params_dict
 
     model, processor, *_ = tiny

@@ -9,7 +9,7 @@ import pytest
 from reverie.conversations import RATIONALE, RESPONSE, build_variant, shuffled_rationales
 from reverie.settings import PromptSettings
 from reverie.student.train import length_grouped_batches
-from reverie.tune import answer_turns, step_budget
+from reverie.tuning import answer_turns, step_budget
 from reverie.vocab import MAIN_VARIANTS, VARIANT_SPECS
 
 PROMPTS = PromptSettings()

@@ -110,7 +110,7 @@ def test_no_generated_text_writes_kind_plus_s():
     from reverie.evaluation.suites import mme, short_answers
     from reverie.generate import build_teacher
     from reverie.settings import GenerateSettings, WorldSettings
-    from reverie.student.base import probe_conversations
+    from reverie.student.curriculum import probe_conversations
     from reverie.world import image_relpath, sample_world
 
     world = WorldSettings(train_images=150, eval_images=30)

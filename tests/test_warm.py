@@ -221,3 +221,15 @@ def test_a_dvc_stage_runs_warm(project, server, tmp_path):
     assert "[warm]" not in repro.stderr + repro.stdout
     out = json.loads((root / "said.json").read_text())
     assert out["child"] == "1" and out["marker"] == "dvc"
+
+
+def test_the_devices_a_stage_was_placed_on_may_differ_but_a_started_cuda_refuses(monkeypatch):
+    import torch
+
+    from reverie.warm import cuda_started
+
+    server = {"PATH": "/bin", "HOME": "/root"}
+    assert environment_difference(server, server | {"CUDA_VISIBLE_DEVICES": "3"}) is None
+    assert cuda_started() is None  # importing torch starts no CUDA
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert "CUDA was started" in cuda_started()

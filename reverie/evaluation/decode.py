@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..student.batching import ImageTable, collate
 from ..student.model import image_token_count
 from ..student.samples import ChatEncoder, Encoded
-from ..student.train import ImageTable, collate
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from ..student.base import DESCRIBE, EXISTENCE, parse_description
+from ..student.curriculum import DESCRIBE, EXISTENCE, parse_description
 from ..world import Scene, absent_kind, image_relpath, position_name
 from .decode import Answerer, Question
 from .scoring import pope_yes

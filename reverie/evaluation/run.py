@@ -130,7 +130,7 @@ def evaluate_student(params, model_dir: str | Path, data_dir: str | Path, split_
     settings = params.evaluate
     items, _ = benchmark_items(params, data_dir, split_dir, train=False)
     real = real_items(settings.suites) if named_suites(settings) else {}
-    model, processor, info = load_tuned(model_dir)
+    model, processor, info = load_tuned(model_dir, params.evaluate.precision)
     # the synthetic suites first, exactly as before; then each real suite with its own budget
     # (generation stops at EOS, so a large max_new_tokens costs only what is generated)
     rows, seconds = answer_items(model, processor, items, data_dir, settings.batch_size, settings.max_new_tokens,

@@ -89,8 +89,16 @@ def image_token_count(config) -> int:
     return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
 
 
-def load_tuned(model_dir: str | Path):
-    """A tuned student ready for inference: LoRA adapters are merged into the base."""
+def inference_device():
+    """Where a stage answers: the first GPU it may see (the flow places it, CUDA_VISIBLE_DEVICES), else the CPU."""
+    import torch
+
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_tuned(model_dir: str | Path, precision: str = "fp32"):
+    """A tuned student ready for inference on `inference_device()`, its weights in `precision`:
+    LoRA adapters are merged into the base first (in the base's own precision)."""
     from ..tracking import RUN_ID_FILE
 
     model_dir = Path(model_dir)
@@ -102,4 +110,7 @@ def load_tuned(model_dir: str | Path):
         model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     else:
         model, processor = load_student(model_dir)
-    return model.eval(), processor, info
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return model.to(inference_device(), dtype).eval(), processor, info

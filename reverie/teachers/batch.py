@@ -29,7 +29,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from .cache import CachedCalls, CallCache
-from .openai_compat import RETRYABLE, Endpoint, TeacherConfigError, TeacherError, account, chat_content
+from .chat_limits import account
+from .chat_transport import RETRYABLE, Endpoint, TeacherConfigError, TeacherError, chat_content
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (

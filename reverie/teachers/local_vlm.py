@@ -25,7 +25,9 @@ from pathlib import Path
 
 from ..io import model_fingerprint
 from .cache import CachedCalls, CallCache
-from .openai_compat import ChatSteps, StepModels, TeacherConfigError, TeacherError, content_parts, teach_images
+from .chat_messages import content_parts
+from .chat_steps import ChatSteps, StepModels, teach_images
+from .chat_transport import TeacherConfigError, TeacherError
 from .parsing import image_entries
 from .protocol import Taught
 

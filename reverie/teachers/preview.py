@@ -21,7 +21,10 @@ import math
 from dataclasses import dataclass
 
 from .cache import CachedCalls, CallCache
-from .openai_compat import TeacherError, Usage, content_parts, image_data_url, load_prompts, teach_images
+from .chat_limits import Usage
+from .chat_messages import content_parts, image_data_url
+from .chat_steps import load_prompts, teach_images
+from .chat_transport import TeacherError
 
 TYPICAL = {"question": "x" * 120, "correct_answer": "x" * 30, "confusing_answer": "x" * 30,
            "correct_rationale": "x" * 400, "incorrect_rationale": "x" * 400}

@@ -1,11 +1,10 @@
-"""The base step and reflective tuning of one (variant, seed), with MLflow tracking."""
+"""Reflective tuning of one (variant, seed) from the shared base, with MLflow tracking: the
+variant's conversations (plus the LLaVA mix and the base's instruction questions), LoRA, the
+step budget every main variant shares."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,153 +13,12 @@ from .environment import environment
 from .io import atomic_dir, model_fingerprint, read_jsonl, write_json, write_text
 from .vocab import MAIN_VARIANTS, VARIANT_SPECS, run_name
 from .world import image_relpath, load_scenes
-from .student.base import base_curriculum, tokenizer_corpus
-from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
+from .student.batching import image_source
+from .student.model import image_token_count, load_student
 from .student.samples import RESPONSE, ChatEncoder, build_variant, to_llava_json
-from .student.train import (ImageTable, TrainConfig, checkpoint_dir, image_source, length_grouped_batches,
-                            remove_checkpoints, train)
-from .tracking import RUN_ID_FILE, RunLogger, project_run
-
-
-def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str | Path,
-               state_dir: str | Path = ".reverie", progress: bool = True) -> dict:
-    """Builds (or copies) the shared base student, saves it as a Hugging Face folder and
-    measures whether it sees (`perception` in the returned metrics; the stage gates on it).
-
-    The tiny student: a tokenizer trained on the corpus, a LLaVA built from config, its vision
-    tower pretrained on the scene graphs and frozen (student/vision.py), then the language model
-    aligned on descriptions and existence probes (student/base.py)."""
-    base = params.base
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    scenes = load_scenes(data_dir)
-    held_out = sorted((s for s in scenes.values() if s.split == "eval"), key=lambda s: s.image_id)
-    if base.model.pretrained:
-        model, processor = load_student(base.model.pretrained)
-        with atomic_dir(out_dir) as tmp:
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-        return {"pretrained": base.model.pretrained, "train_seconds": 0.0,
-                **_perception(params, model, processor, held_out, data_dir)}
-
-    torch.manual_seed(base.seed)
-    train_scenes = [s for s in scenes.values() if s.split == "train"]
-    records = read_jsonl(Path(split_dir) / "train.jsonl")
-    conversations, batches = base_curriculum(train_scenes, params.world.kinds, params.world.colors, base, image_relpath)
-    tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
-    model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
-    encoder = ChatEncoder(tokenizer, image_token_count(model.config))
-    samples = encoder.encode_all(conversations)
-    images = image_source(processor, data_dir, [s.image for s in samples], base.image_cache_max_mb,
-                          base.dataloader_workers)
-    cfg = TrainConfig(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, warmup_fraction=base.warmup_fraction,
-                      weight_decay=base.weight_decay, seed=base.seed, checkpoint_every=base.checkpoint_every,
-                      loss_normalization="sample", min_lr_fraction=base.min_lr_fraction, **loop_settings(base))
-    ckpt_dir = checkpoint_dir(state_dir, "base", samples, params.base.model_dump(), params.world.model_dump())
-    logger = _logger(params, "base", {"variant": "base", "seed": str(base.seed), "dvc.stage": "base"})
-    logger.log_params({"base": params.base.model_dump(), "world": params.world.model_dump()})
-    try:
-        vision = _pretrained_tower(model, images, train_scenes, params, ckpt_dir, progress)
-        logger.log_metrics(vision)
-        result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir,
-                       on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc="base",
-                       batches=batches)
-        metrics = result.metrics | vision | {"parameters": sum(p.numel() for p in model.parameters()),
-                                             "vocab_size": len(tokenizer), "mlflow_run_id": logger.run_id}
-        if is_main_process():
-            metrics |= _perception(params, model, processor, held_out, data_dir)
-            with atomic_dir(out_dir) as tmp:
-                model.save_pretrained(tmp, state_dict=result.state_dict)
-                processor.save_pretrained(tmp)
-        logger.log_metrics({f"final.{k}": v for k, v in metrics.items() if k != "mlflow_run_id"})
-        logger.end()
-    except BaseException:
-        logger.end("KILLED")
-        raise
-    if is_main_process():  # the others may finish first, while the main process still saves the model
-        remove_checkpoints(state_dir, "base")
-    return metrics
-
-
-def _pretrained_tower(model, images: ImageTable, scenes, params, ckpt_dir: Path, progress: bool) -> dict:
-    """Pretrains (and freezes) the vision tower, or loads the tower a killed run of the same
-    training already pretrained, so that a resumed run continues on the same features."""
-    base = params.base
-    if not base.vision_epochs:
-        return {}
-    from safetensors.torch import load_file, save_file
-
-    from .student.vision import pretrain_vision
-
-    tower = model.model.vision_tower
-    saved = ckpt_dir / "vision_tower.safetensors"
-    if saved.exists():
-        tower.load_state_dict(load_file(saved))
-        if base.freeze_vision:
-            tower.requires_grad_(False)
-        return json.loads((ckpt_dir / "vision_tower.json").read_text())
-    pixels = images([image_relpath(s) for s in scenes])
-    metrics = pretrain_vision(model, pixels, scenes, params.world.kinds, params.world.colors, base.vision_epochs,
-                              base.vision_lr, base.vision_batch_size, base.seed, base.freeze_vision,
-                              log=print if progress else None)
-    if is_main_process():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(saved))
-        write_json(ckpt_dir / "vision_tower.json", metrics)
-    return metrics
-
-
-def _perception(params, model, processor, held_out, data_dir) -> dict:
-    """The base check: existence probes, the shuffled-image control and descriptions on held-out
-    scenes. Without held-out scene graphs (a folder of photographs) it is not measured."""
-    base = params.base
-    if not held_out or not base.check_images:
-        return {"perception_measured": False}
-    from .evaluation.perception import perception_check
-
-    figures = perception_check(model.eval(), processor, held_out[: base.check_images], data_dir, params.world.kinds,
-                               params.evaluate.batch_size, base.describe_check_images)
-    model.train()
-    return {"perception_measured": True, **figures}
-
-
-def base_gate(metrics: dict, min_existence_accuracy: float) -> str | None:
-    """Why the base student must not be used, or None: it answers held-out existence questions
-    below `base.min_existence_accuracy`."""
-    if not metrics.get("perception_measured"):
-        return None
-    accuracy = metrics["heldout_existence_accuracy"]
-    if accuracy < min_existence_accuracy:
-        return (f"heldout_existence_accuracy {accuracy:.3f} is below base.min_existence_accuracy = "
-                f"{min_existence_accuracy} (yes-ratio {metrics['heldout_yes_ratio']:.2f}, shuffled-image control "
-                f"{metrics['shuffled_image_accuracy']:.3f}): the base student does not see")
-    return None
-
-
-def is_main_process() -> bool:
-    """Under torchrun / accelerate launch every process runs the stage; one of them logs and
-    saves. RANK is set by both launchers (absent: a single process)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-class _SilentLogger:
-    """The MLflow logger of the processes that are not the main one."""
-
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-def _logger(params, name: str, tags: dict, run_id: str | None = None) -> RunLogger:
-    if not is_main_process():
-        return _SilentLogger()
-    return project_run(params, name, tags, run_id)
-
-
-def loop_settings(section) -> dict:
-    """The training loop's keys of a `base` or `tune` section (settings.LoopSettings) for TrainConfig."""
-    return {"micro_batch_size": section.micro_batch_size, "precision": section.precision,
-            "gradient_checkpointing": section.gradient_checkpointing, "max_length": section.max_length}
+from .student.train import TrainConfig, checkpoint_dir, length_grouped_batches, remove_checkpoints, train
+from .tracking import RUN_ID_FILE
+from .training_run import is_main_process, loop_settings, run_logger
 
 
 def mix_conversations(mix) -> tuple[list, dict]:
@@ -187,11 +45,11 @@ def mix_conversations(mix) -> tuple[list, dict]:
 
 def instruction_conversations(params, data_dir: str | Path, records: int) -> tuple[list, dict]:
     """`tune.instruction_mix` x `records` of the base's one-skill questions about the train scenes
-    (reverie/student/base.py), drawn with a fixed seed: every variant and seed tunes on the same
+    (reverie/student/curriculum.py), drawn with a fixed seed: every variant and seed tunes on the same
     ones. None without scene graphs (a folder of photographs): there is nothing to ask them from."""
     import random
 
-    from .student.base import probe_conversations
+    from .student.curriculum import probe_conversations
 
     wanted = round(params.tune.instruction_mix * records)
     scenes = sorted((s for s in load_scenes(data_dir).values() if s.split == "train"), key=lambda s: s.image_id) \
@@ -272,7 +130,7 @@ def tune_variant(params, variant: str, seed: int, base_dir: str | Path, data_dir
     # the matrix's lists (tune.variants, tune.seeds) say which runs exist, not how this one runs
     settings = tune.model_dump(exclude={"variants", "seeds"})
     ckpt_dir = checkpoint_dir(state_dir, name, samples, settings, variant, seed, model_fingerprint(base_dir))
-    logger = _logger(params, name, {"variant": variant, "seed": str(seed), "dvc.stage": f"tune@{variant}-{seed}"})
+    logger = run_logger(params, name, {"variant": variant, "seed": str(seed), "dvc.stage": f"tune@{variant}-{seed}"})
     logger.log_params({"tune": settings, "variant": variant, "seed": seed, "base_dir": str(base_dir),
                        "samples": len(samples), "trainable_parameters": trainable})
     logger.log_dataset(Path(split_dir) / "train.jsonl", name="reverie-train")

@@ -17,7 +17,7 @@ def heldout_check(params, model_dir: str | Path, data_dir: str | Path) -> dict:
     scenes = sorted((s for s in load_scenes(data_dir).values() if s.split == "eval"), key=lambda s: s.image_id)[:n]
     if not n or len(scenes) < 2:
         return {}
-    model, processor, _ = load_tuned(model_dir)
+    model, processor, _ = load_tuned(model_dir, params.evaluate.precision)
     figures = perception_check(model, processor, scenes, data_dir, params.world.kinds,
                                params.evaluate.batch_size, describe=0)
     return {"heldout_yes_no_accuracy": figures["heldout_existence_accuracy"],

@@ -1,0 +1,131 @@
+"""The base step: the shared base student every variant starts from (built, or copied from a
+pretrained model), and the check that it sees (`base_gate`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .io import atomic_dir, read_jsonl, write_json
+from .world import image_relpath, load_scenes
+from .student.batching import ImageTable, image_source
+from .student.curriculum import base_curriculum, tokenizer_corpus
+from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
+from .student.samples import ChatEncoder
+from .student.train import TrainConfig, checkpoint_dir, remove_checkpoints, train
+from .training_run import is_main_process, loop_settings, run_logger
+
+
+def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str | Path,
+               state_dir: str | Path = ".reverie", progress: bool = True) -> dict:
+    """Builds (or copies) the shared base student, saves it as a Hugging Face folder and
+    measures whether it sees (`perception` in the returned metrics; the stage gates on it).
+
+    The tiny student: a tokenizer trained on the corpus, a LLaVA built from config, its vision
+    tower pretrained on the scene graphs and frozen (student/vision.py), then the language model
+    aligned on descriptions and existence probes (student/curriculum.py)."""
+    base = params.base
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    scenes = load_scenes(data_dir)
+    held_out = sorted((s for s in scenes.values() if s.split == "eval"), key=lambda s: s.image_id)
+    if base.model.pretrained:
+        model, processor = load_student(base.model.pretrained)
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        return {"pretrained": base.model.pretrained, "train_seconds": 0.0,
+                **_perception(params, model, processor, held_out, data_dir)}
+
+    torch.manual_seed(base.seed)
+    train_scenes = [s for s in scenes.values() if s.split == "train"]
+    records = read_jsonl(Path(split_dir) / "train.jsonl")
+    conversations, batches = base_curriculum(train_scenes, params.world.kinds, params.world.colors, base, image_relpath)
+    tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
+    model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
+    encoder = ChatEncoder(tokenizer, image_token_count(model.config))
+    samples = encoder.encode_all(conversations)
+    images = image_source(processor, data_dir, [s.image for s in samples], base.image_cache_max_mb,
+                          base.dataloader_workers)
+    cfg = TrainConfig(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, warmup_fraction=base.warmup_fraction,
+                      weight_decay=base.weight_decay, seed=base.seed, checkpoint_every=base.checkpoint_every,
+                      loss_normalization="sample", min_lr_fraction=base.min_lr_fraction, **loop_settings(base))
+    ckpt_dir = checkpoint_dir(state_dir, "base", samples, params.base.model_dump(), params.world.model_dump())
+    logger = run_logger(params, "base", {"variant": "base", "seed": str(base.seed), "dvc.stage": "base"})
+    logger.log_params({"base": params.base.model_dump(), "world": params.world.model_dump()})
+    try:
+        vision = _pretrained_tower(model, images, train_scenes, params, ckpt_dir, progress)
+        logger.log_metrics(vision)
+        result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir,
+                       on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc="base",
+                       batches=batches)
+        metrics = result.metrics | vision | {"parameters": sum(p.numel() for p in model.parameters()),
+                                             "vocab_size": len(tokenizer), "mlflow_run_id": logger.run_id}
+        if is_main_process():
+            metrics |= _perception(params, model, processor, held_out, data_dir)
+            with atomic_dir(out_dir) as tmp:
+                model.save_pretrained(tmp, state_dict=result.state_dict)
+                processor.save_pretrained(tmp)
+        logger.log_metrics({f"final.{k}": v for k, v in metrics.items() if k != "mlflow_run_id"})
+        logger.end()
+    except BaseException:
+        logger.end("KILLED")
+        raise
+    if is_main_process():  # the others may finish first, while the main process still saves the model
+        remove_checkpoints(state_dir, "base")
+    return metrics
+
+
+def _pretrained_tower(model, images: ImageTable, scenes, params, ckpt_dir: Path, progress: bool) -> dict:
+    """Pretrains (and freezes) the vision tower, or loads the tower a killed run of the same
+    training already pretrained, so that a resumed run continues on the same features."""
+    base = params.base
+    if not base.vision_epochs:
+        return {}
+    from safetensors.torch import load_file, save_file
+
+    from .student.vision import pretrain_vision
+
+    tower = model.model.vision_tower
+    saved = ckpt_dir / "vision_tower.safetensors"
+    if saved.exists():
+        tower.load_state_dict(load_file(saved))
+        if base.freeze_vision:
+            tower.requires_grad_(False)
+        return json.loads((ckpt_dir / "vision_tower.json").read_text())
+    pixels = images([image_relpath(s) for s in scenes])
+    metrics = pretrain_vision(model, pixels, scenes, params.world.kinds, params.world.colors, base.vision_epochs,
+                              base.vision_lr, base.vision_batch_size, base.seed, base.freeze_vision,
+                              log=print if progress else None)
+    if is_main_process():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(saved))
+        write_json(ckpt_dir / "vision_tower.json", metrics)
+    return metrics
+
+
+def _perception(params, model, processor, held_out, data_dir) -> dict:
+    """The base check: existence probes, the shuffled-image control and descriptions on held-out
+    scenes. Without held-out scene graphs (a folder of photographs) it is not measured."""
+    base = params.base
+    if not held_out or not base.check_images:
+        return {"perception_measured": False}
+    from .evaluation.perception import perception_check
+
+    figures = perception_check(model.eval(), processor, held_out[: base.check_images], data_dir, params.world.kinds,
+                               params.evaluate.batch_size, base.describe_check_images)
+    model.train()
+    return {"perception_measured": True, **figures}
+
+
+def base_gate(metrics: dict, min_existence_accuracy: float) -> str | None:
+    """Why the base student must not be used, or None: it answers held-out existence questions
+    below `base.min_existence_accuracy`."""
+    if not metrics.get("perception_measured"):
+        return None
+    accuracy = metrics["heldout_existence_accuracy"]
+    if accuracy < min_existence_accuracy:
+        return (f"heldout_existence_accuracy {accuracy:.3f} is below base.min_existence_accuracy = "
+                f"{min_existence_accuracy} (yes-ratio {metrics['heldout_yes_ratio']:.2f}, shuffled-image control "
+                f"{metrics['shuffled_image_accuracy']:.3f}): the base student does not see")
+    return None
