@@ -162,8 +162,9 @@ def server():
 def flow_project(tmp_path_factory, prefect_harness):
     """A tiny project for the Prefect flow (tests/test_flow.py, tests/test_routes.py)."""
     params = tiny_params_dict()
-    params["tune"]["variants"] = ["response"]
-    # fake device ids: each base/tune@/evaluate@ stage is placed on one of them (tests/test_flow.py)
+    params["tune"]["variants"] = ["response", "pos_neg"]
+    # fake device ids: each base/tune@/evaluate@ stage is placed on one of them, the two tune@ runs
+    # side by side on both (tests/test_flow.py)
     params["orchestration"]["devices"] = ["0", "1"]
     return make_project(tmp_path_factory.mktemp("flowproject"), params)
 

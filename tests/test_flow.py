@@ -17,7 +17,8 @@ def read_until(read, done, seconds: float):
 
 def test_flow_runs_every_stage_then_skips_them_all(flow_project, flow_first_run):
     first = flow_first_run.result()
-    assert list(first) == ["generate", "validate", "base", "tune@response-0", "evaluate@response-0", "chance", "report"]
+    assert list(first) == ["generate", "validate", "base", "tune@response-0", "tune@pos_neg-0", "evaluate@response-0",
+                           "evaluate@pos_neg-0", "chance", "report"]
     assert set(first.values()) == {"ran"}
     # the training and evaluation stages forked from the run's warm interpreter (reverie.warm);
     # generate and validate may start before it has imported torch & co., and then run on their own
@@ -109,6 +110,10 @@ def test_the_flow_places_each_stage_on_its_own_devices_and_frees_them(flow_proje
     assert set(spans) == set(flow_first_run.result()) and all({"start", "end"} <= set(s) for s in spans.values())
     placed = {stage: tuple(s["start"]["devices"]) for stage, s in spans.items()}
     assert {placed[s] for s in ("base", "tune@response-0", "evaluate@response-0")} <= {("0",), ("1",)}
+    # the two tune@ runs ran side by side (parallel_stages 2), each on a device of its own
+    a, b = spans["tune@response-0"], spans["tune@pos_neg-0"]
+    assert a["start"]["t"] < b["end"]["t"] and b["start"]["t"] < a["end"]["t"]
+    assert {placed["tune@response-0"], placed["tune@pos_neg-0"]} == {("0",), ("1",)}
     assert placed["generate"] == placed["validate"] == placed["chance"] == placed["report"] == ()
     # no two stages that ran at the same time held a device in common
     for a, sa in spans.items():
