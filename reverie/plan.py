@@ -186,7 +186,15 @@ def profile_dag(root: Path, overrides: dict) -> tuple[list[str], dict[str, froze
         apply_overrides(overrides, scratch / "params.yaml")
         (scratch / ".venv").mkdir()  # dvc.yaml's vars: the interpreter's name does not change the DAG
         (scratch / ".venv" / "run-make-install.yaml").write_text("python: python\n")
-        Repo.init(str(scratch), no_scm=True).close()
+        import logging
+
+        quiet = logging.getLogger("dvc.repo.init")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # "Initialized DVC repository." is not the plan's
+        try:
+            Repo.init(str(scratch), no_scm=True).close()
+        finally:
+            quiet.setLevel(level)
         with Repo(str(scratch)) as repo:
             names, upstream = stage_graph(repo.index.graph)
     return list(names.values()), upstream
