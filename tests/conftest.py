@@ -180,10 +180,16 @@ def run_flow(project, **kwargs):
         os.chdir(cwd)
 
 
+FIRST_WARM_LOG = ".reverie/warm-first-run.log"
+
+
 @pytest.fixture(scope="session")
 def flow_first_run(flow_project):
-    """The flow's first run of the whole DAG in `flow_project`, shared by the tests that read it."""
-    return run_flow(flow_project, return_state=True)
+    """The flow's first run of the whole DAG in `flow_project`, shared by the tests that read it;
+    its warm interpreter's log is kept as FIRST_WARM_LOG (a later run writes .reverie/warm.log anew)."""
+    state = run_flow(flow_project, return_state=True)
+    shutil.copy(flow_project / ".reverie/warm.log", flow_project / FIRST_WARM_LOG)
+    return state
 
 
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.conftest import dvc, run_flow
+from tests.conftest import FIRST_WARM_LOG, dvc, run_flow
 
 
 def read_until(read, done, seconds: float):
@@ -22,7 +22,7 @@ def test_flow_runs_every_stage_then_skips_them_all(flow_project, flow_first_run)
     assert set(first.values()) == {"ran"}
     # the training and evaluation stages forked from the run's warm interpreter (reverie.warm);
     # generate and validate may start before it has imported torch & co., and then run on their own
-    served = (flow_project / ".reverie" / "warm.log").read_text()
+    served = (flow_project / FIRST_WARM_LOG).read_text()
     assert "refused" not in served, served
     for stage in ("tune --variant response --seed 0", "evaluate --variant response --seed 0", "report"):
         assert f"served: stages.{stage}" in served, served
@@ -83,15 +83,16 @@ def test_mlflow_runs_carry_the_flow_run_id(flow_project, flow_first_run):
     assert run.data.tags["dvc.stage"] == "tune@response-0"
 
 
-def test_a_failing_stage_fails_the_flow_with_its_name(flow_project, flow_first_run):
-    params_path = flow_project / "params.yaml"
-    original = params_path.read_text()
-    try:
-        # a record gate that cannot pass: validate must fail, and the flow must say so
-        with pytest.raises(Exception, match="validate"):
-            run_flow(flow_project, overrides={"validate.min_records": 10**9})
-    finally:
-        params_path.write_text(original)
+def test_a_failing_stage_fails_the_flow_with_its_name(flow_project, flow_first_run, tmp_path):
+    import shutil
+
+    # in a copy: DVC removes validate's outputs before the stage fails, and the shared project's
+    # must stay for the other tests
+    project = tmp_path / "clone"
+    shutil.copytree(flow_project, project, symlinks=True)
+    # a record gate that cannot pass: validate must fail, and the flow must say so
+    with pytest.raises(Exception, match="validate"):
+        run_flow(project, overrides={"validate.min_records": 10**9})
 
 
 def test_overrides_are_written_to_params_and_validated(flow_project, flow_first_run):

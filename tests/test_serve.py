@@ -67,11 +67,9 @@ def wait_for(what: str, check, timeout_s: float = 120.0, every_s: float = 0.5):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("served"), tiny_params_dict())
-    (project / "dvc.yaml").write_text(yaml.safe_dump(DAG, sort_keys=False))
-    (project / "step.py").write_text(STEP)
+def _start(info: dict) -> None:
+    """`make serve` (reverie.services) in the project, on free ports; waits for its deployment."""
+    project = info["project"]
     prefect_port, mlflow_port = free_port(), free_port()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                # the real services, polled more often than by default so the test takes seconds
@@ -83,19 +81,40 @@ def served(tmp_path_factory):
                              "--mlflow-port", str(mlflow_port)], cwd=project, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     api = f"http://127.0.0.1:{prefect_port}/api"
-    info = {"project": project, "proc": proc, "api": api, "prefect_port": prefect_port, "mlflow_port": mlflow_port,
-            "log": project / "serve.log"}
+    info.update(proc=proc, api=api, prefect_port=prefect_port, mlflow_port=mlflow_port, log=project / "serve.log",
+                log_file=log)
+    wait_for("the deployment", lambda: _deployment(api) or (proc.poll() is not None and _fail(info)), 240, 1.0)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("served"), tiny_params_dict())
+    (project / "dvc.yaml").write_text(yaml.safe_dump(DAG, sort_keys=False))
+    (project / "step.py").write_text(STEP)
+    info = {"project": project}
     try:
-        wait_for("the deployment", lambda: _deployment(api) or (proc.poll() is not None and _fail(info)), 240, 1.0)
+        _start(info)
         yield info
     finally:
-        if proc.poll() is None:
+        proc = info.get("proc")
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(120)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        log.close()
+        if info.get("log_file"):
+            info["log_file"].close()
+
+
+@pytest.fixture
+def served(services):
+    """The module's `make serve`, started again when a test stopped it (the Ctrl-C test): each
+    test passes alone and in any order."""
+    if services["proc"].poll() is not None:
+        services["log_file"].close()
+        _start(services)
+    return services
 
 
 def _fail(info):
@@ -155,6 +174,7 @@ def test_overlapping_runs_both_complete_one_after_the_other(served):
     from prefect.deployments import run_deployment
 
     project, gate = served["project"], served["project"] / "hold"
+    (project / ".reverie/gate/generate.started").unlink(missing_ok=True)  # an earlier test's run left it
     gate.write_text("")
     with client(served["api"]) as c:
         first = run_deployment(DEPLOYMENT, timeout=0, client=c)
