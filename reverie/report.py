@@ -55,7 +55,11 @@ POPE_DETAIL = [f"pope.{split}.{what}" for split in POPE_SPLITS for what in ("acc
 # still hold a skill the baseline answers no better than the blind prior
 SKILLS = [("mme.existence.score", "MME existence (max 200)"), ("mme.count.score", "MME count (max 200)"),
           ("mme.position.score", "MME position (max 200)"), ("mme.color.score", "MME colour (max 200)"),
-          ("short_answer.count.accuracy", "Short ans: counts"), ("short_answer.color.accuracy", "Short ans: colours")]
+          ("short_answer.count.accuracy", "Short ans: counts"), ("short_answer.color.accuracy", "Short ans: colours"),
+          ("mmbench.category.shape.circular_accuracy", "MMBench shapes (circular)"),
+          ("mmbench.category.color.circular_accuracy", "MMBench colours (circular)")]
+# MMBench by the right option letter (every rotation): CircularEval needs all four
+ANSWER_LETTERS = [(letter, f"mmbench.answer_letter.{letter}.accuracy") for letter in "ABCD"]
 REFERENCES = (("always_yes", "always yes"), ("blind_prior", "blind prior"))
 ALPHA = 0.05  # every test of the report, after Holm where there is a family
 POWER = 0.8  # of the minimum detectable difference
@@ -203,7 +207,10 @@ def ablation(runs: dict[str, dict[int, dict]], baseline: str = "response", repli
               "eval_images": len(images) if images is not None else None,
               "pope_f1_standard_error": _pope_standard_errors(runs, weights),
               "skills": {key: statistics.fmean(m[key] for m in runs[baseline].values() if key in m)
-                         for key, _ in SKILLS if any(key in m for m in (runs.get(baseline) or {}).values())}}
+                         for key, _ in SKILLS if any(key in m for m in (runs.get(baseline) or {}).values())},
+              "answer_letters": {letter: statistics.fmean(m[key] for m in runs[baseline].values() if key in m)
+                                 for letter, key in ANSWER_LETTERS
+                                 if any(key in m for m in (runs.get(baseline) or {}).values())}}
     settle(result)
     return result
 
@@ -561,10 +568,18 @@ def _skill_lines(result: dict) -> list[str]:
         mark = "not above the blind prior" if prior is not None and skills[key] <= prior else ""
         lines.append(f"| {label} | {_fmt(key, skills[key])} | "
                      + " | ".join(_fmt(key, (refs.get(name) or {}).get(key)) for name, _ in REFERENCES) + f" | {mark} |")
-    return lines + ["", "A column is judged as a whole (Validity above). A skill marked here is one the baseline answers "
-                    "no better than the blind prior: it has not been learned, so this run does not measure what the "
-                    "variants do to it.",
-                    ""]
+    lines += ["", "A column is judged as a whole (Validity above). A skill marked here is one the baseline answers "
+              "no better than the blind prior: it has not been learned, so this run does not measure what the "
+              "variants do to it.", ""]
+    letters = result.get("answer_letters") or {}
+    if letters:
+        guess = 1 / len(letters)
+        lines += [f"MMBench answers of `{baseline}` by the right option letter (share right, every rotation): "
+                  + ", ".join(f"{letter} {share:.2f}" + (" (below a guess)" if share < guess else "")
+                              for letter, share in letters.items())
+                  + ". CircularEval counts a question only when it is right under every letter, so a letter the "
+                  "student does not map to its option sinks the column however well it sees.", ""]
+    return lines
 
 
 def _power_lines(result: dict, cols: list[tuple[str, str]]) -> list[str]:

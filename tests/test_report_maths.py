@@ -950,3 +950,22 @@ def test_a_skill_below_the_blind_prior_inside_a_valid_column_is_marked():
     assert next(line for line in report.markdown(result).splitlines()
                 if line.startswith("| MME colour")).endswith("not above the blind prior |")
     assert "Skills inside" not in report.markdown(ablation({"response": plain({0: 0.5})}, "response", replicates=10))
+
+
+def test_mmbench_answers_by_letter_are_printed_and_a_letter_below_a_guess_is_marked():
+    """A student that names the shape but never maps it to option C scores 0 in CircularEval:
+    the report prints, per right letter, the baseline's share right (mean over seeds), so that
+    a void MMBench column says why."""
+    letters = {"A": (0.99, 0.97), "B": (0.0, 0.02), "C": (0.5, 0.7), "D": (0.88, 0.86)}
+    runs = {"response": {seed: {"mme.score": 400.0, "mme.existence.score": 196.0,
+                                **{f"mmbench.answer_letter.{k}.accuracy": v[seed] for k, v in letters.items()}}
+                         for seed in (0, 1)}}
+    result = ablation(runs, "response", replicates=20, seed=0)
+    assert result["answer_letters"] == pytest.approx({"A": 0.98, "B": 0.01, "C": 0.6, "D": 0.87})
+    line = next(line for line in report.markdown(result).splitlines() if line.startswith("MMBench answers of"))
+    assert "A 0.98, B 0.01 (below a guess), C 0.60, D 0.87." in line
+    # without the letters' figures (a real MMBench scored before them) there is no such line
+    del runs["response"][0]["mmbench.answer_letter.A.accuracy"]
+    assert "A 0.97" in report.markdown(ablation(runs, "response", replicates=20, seed=0))
+    assert "MMBench answers of" not in report.markdown(ablation({"response": {0: {"mme.existence.score": 1.0}}},
+                                                                "response", replicates=10))

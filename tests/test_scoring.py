@@ -181,7 +181,9 @@ def test_multiple_choice_counts_by_hand():
              for i, ((o, l), a) in enumerate(zip(rots, ["B", "A", "B or C", "B"]))]
     # the rows' order must not matter: rotation 0 is found by its number
     m = score_multiple_choice(list(reversed(rows)))
-    assert m == {"circular_accuracy": 0.5, "vanilla_accuracy": 1.0, "questions": 2, "unparseable": 1}
+    # by right letter (q's labels run B, A, D, C over its rotations): p is right under B and A only
+    assert m == {"circular_accuracy": 0.5, "vanilla_accuracy": 1.0, "questions": 2, "unparseable": 1,
+                 "by_answer_letter": {"A": 1.0, "B": 1.0, "C": 0.5, "D": 0.5}}
     assert score_multiple_choice([]) == {"circular_accuracy": 0.0, "vanilla_accuracy": 0.0, "questions": 0, "unparseable": 0}
 
 

@@ -38,6 +38,8 @@ def headline(scores: dict) -> dict:
         for field in ("category", "l2_category"):
             for name, figures in scores["mmbench"].get(field, {}).items():
                 out[f"mmbench.{field}.{name}.circular_accuracy"] = figures["circular_accuracy"]
+        for letter, share in scores["mmbench"].get("by_answer_letter", {}).items():
+            out[f"mmbench.answer_letter.{letter}.accuracy"] = share
     if "scienceqa" in scores:
         out["scienceqa.accuracy"] = scores["scienceqa"]["accuracy"]
     if "short_answer" in scores:

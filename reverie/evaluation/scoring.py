@@ -180,13 +180,27 @@ def score_multiple_choice(rows: list[dict]) -> dict:
     out = _circular(labelled, _mmbench_parse)
     if len(labelled) < len(rows):
         out["unlabelled_questions"] = len({r["question_id"] for r in rows if not r["label"]})
-    if any("l2_category" in r for r in labelled):
-        for field, name in (("category", "category"), ("l2_category", "l2_category")):
+    if labelled:
+        out["by_answer_letter"] = answers_by_letter(labelled)
+    real = any("l2_category" in r for r in labelled)
+    for field in ("category", "l2_category"):
+        if real or any(field in r for r in labelled):
             groups: dict[str, list[dict]] = defaultdict(list)
             for r in labelled:
                 groups[r.get(field) or "none"].append(r)
-            out[name] = {g: _circular(items, _mmbench_parse) for g, items in sorted(groups.items())}
+            out[field] = {g: _circular(items, _mmbench_parse) for g, items in sorted(groups.items())}
     return out
+
+
+def answers_by_letter(rows: list[dict]) -> dict[str, float]:
+    """Per right letter, the share of rows (every rotation) answered right. CircularEval puts each
+    question's answer under every letter once, so a student that never maps an option's content
+    to, say, C scores 0 under C and 0 in CircularEval, however well it sees: this says which."""
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        tally[r["label"]][0] += _mmbench_parse(r) == r["label"]
+        tally[r["label"]][1] += 1
+    return {letter: right / n for letter, (right, n) in sorted(tally.items())}
 
 
 SCIENCEQA_OPTIONS = ("A", "B", "C", "D", "E")  # eval_science_qa.py's --options default
