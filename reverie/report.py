@@ -206,13 +206,20 @@ def ablation(runs: dict[str, dict[int, dict]], baseline: str = "response", repli
               "bootstrap_replicates": replicates if weights is not None else 0,
               "eval_images": len(images) if images is not None else None,
               "pope_f1_standard_error": _pope_standard_errors(runs, weights),
-              "skills": {key: statistics.fmean(m[key] for m in runs[baseline].values() if key in m)
-                         for key, _ in SKILLS if any(key in m for m in (runs.get(baseline) or {}).values())},
-              "answer_letters": {letter: statistics.fmean(m[key] for m in runs[baseline].values() if key in m)
-                                 for letter, key in ANSWER_LETTERS
-                                 if any(key in m for m in (runs.get(baseline) or {}).values())}}
+              "skills": _seed_means(runs.get(baseline), dict((key, key) for key, _ in SKILLS)),
+              "answer_letters": _seed_means(runs.get(baseline), dict(ANSWER_LETTERS))}
     settle(result)
     return result
+
+
+def _seed_means(seed_runs: dict[int, dict] | None, keys: dict[str, str]) -> dict[str, float]:
+    """{name: mean over the seeds that have metric `key`} for each name -> key present in a run."""
+    out = {}
+    for name, key in keys.items():
+        values = [m[key] for m in (seed_runs or {}).values() if key in m]
+        if values:
+            out[name] = statistics.fmean(values)
+    return out
 
 
 class Bootstrap:

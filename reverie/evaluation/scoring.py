@@ -182,9 +182,8 @@ def score_multiple_choice(rows: list[dict]) -> dict:
         out["unlabelled_questions"] = len({r["question_id"] for r in rows if not r["label"]})
     if labelled:
         out["by_answer_letter"] = answers_by_letter(labelled)
-    real = any("l2_category" in r for r in labelled)
-    for field in ("category", "l2_category"):
-        if real or any(field in r for r in labelled):
+    for field in ("category", "l2_category"):  # the real MMBench's loader writes both, the synthetic suite a category
+        if any(field in r for r in labelled):
             groups: dict[str, list[dict]] = defaultdict(list)
             for r in labelled:
                 groups[r.get(field) or "none"].append(r)
