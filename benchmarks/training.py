@@ -22,7 +22,7 @@ from reverie.student.samples import ChatEncoder, build_variant
 from reverie.student.train import TrainConfig, train
 from reverie.student.vision import pretrain_vision
 from reverie.tuning import apply_lora
-from reverie.world import image_relpath, partner_map
+from reverie.world import AbsentRule, image_relpath
 
 
 def timed_train(model, samples, images, batch_size: int, lr: float, steps: int, pad_id: int, batches=None) -> dict:
@@ -50,7 +50,8 @@ def main() -> None:
     params, data_dir, records, source = data_and_records()
     base = params.base
     scenes = [s for s in load_scenes(data_dir).values() if s.split == "train"]
-    conversations, batches = base_curriculum(scenes, params.world.kinds, partner_map(params.world), base, image_relpath)
+    conversations, batches = base_curriculum(scenes, params.world.kinds, params.world.colors, base, image_relpath,
+                                             absent=AbsentRule.of_training(params.world))
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .io import atomic_dir, read_jsonl, write_json
-from .world import image_relpath, load_scenes
+from .world import AbsentRule, image_relpath, load_scenes
 from .student.batching import ImageTable, image_source
 from .student.curriculum import base_curriculum, tokenizer_corpus
 from .student.model import build_tiny, image_token_count, load_student, train_tokenizer
@@ -40,7 +40,8 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     torch.manual_seed(base.seed)
     train_scenes = [s for s in scenes.values() if s.split == "train"]
     records = read_jsonl(Path(split_dir) / "train.jsonl")
-    conversations, batches = base_curriculum(train_scenes, params.world.kinds, params.world.colors, base, image_relpath)
+    conversations, batches = base_curriculum(train_scenes, params.world.kinds, params.world.colors, base, image_relpath,
+                                             absent=AbsentRule.of_training(params.world))
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))

@@ -45,6 +45,9 @@ class WorldSettings(Section):
     faint_rate: float = Field(0.0, ge=0, le=1)  # share of objects in shadow, drawn at faint_contrast
     faint_contrast: float = Field(0.3, gt=0, le=1)  # a faint object's colour: this share of the way from the background
     noise: float = Field(0.0, ge=0, le=128)  # standard deviation of the pixel noise (0-255)
+    # share of training questions about an absent object (base probes, the teacher's) asked about
+    # a kind of a theme the scene lacks, the rest uniformly (world.AbsentRule); measurement never
+    unrelated_negatives: float = Field(0.0, ge=0, le=1)
     train_images: int = Field(3000, ge=1)
     eval_images: int = Field(400, ge=1)
 

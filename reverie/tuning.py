@@ -12,7 +12,7 @@ import torch
 from .environment import environment
 from .io import atomic_dir, model_fingerprint, read_jsonl, write_json, write_text
 from .vocab import MAIN_VARIANTS, VARIANT_SPECS, run_name
-from .world import image_relpath, load_scenes
+from .world import AbsentRule, image_relpath, load_scenes
 from .student.batching import image_source
 from .student.model import image_token_count, load_student
 from .student.samples import RESPONSE, ChatEncoder, build_variant, to_llava_json
@@ -58,7 +58,7 @@ def instruction_conversations(params, data_dir: str | Path, records: int) -> tup
         return [], {}
     per_image = max(1, -(-wanted // len(scenes)))
     pool = probe_conversations(scenes, params.world.kinds, params.world.colors, per_image, 7919, image_relpath,
-                               tuple(params.base.skills))
+                               tuple(params.base.skills), absent=AbsentRule.of_training(params.world))
     chosen = sorted(random.Random(7919).sample(range(len(pool)), min(wanted, len(pool))))
     return [pool[i] for i in chosen], {"instruction_conversations": len(chosen)}
 

@@ -165,12 +165,40 @@ def count_question_kind(scene: Scene, rng: random.Random) -> str:
 
 
 def absent_kind(scene: Scene, kinds: list[str], rng: random.Random) -> str | None:
-    """A kind the scene lacks, drawn uniformly: the one rule by which training asks about an
-    absent object (the base's probes, the teacher's existence questions). Never by frequency or
-    co-occurrence, the rules of POPE's popular and adversarial splits: training on those
-    negatives would teach the student the very test that measures its hallucinations."""
-    absent = [k for k in kinds if k not in scene.kinds()]
-    return rng.choice(absent) if absent else None
+    """A kind the scene lacks, drawn uniformly: the rule of every measurement that asks about an
+    absent object outside POPE (the base's perception check)."""
+    return AbsentRule().draw(scene, kinds, rng)
+
+
+@dataclass(frozen=True)
+class AbsentRule:
+    """How training picks the kind of a question about an absent object (the base's probes, the
+    teacher's existence questions): with probability `unrelated_share` a kind unrelated to the
+    scene, of a theme none of its objects belongs to (people ask whether a kitchen holds an
+    elephant far more often than whether it holds a fork it lacks), when the scene leaves one;
+    otherwise uniformly over the absent kinds. A student taught on such data rarely hears "no"
+    about a kind that belongs with the scene, and learns to expect it: the co-occurrence
+    hallucination POPE's adversarial split probes (docs/instrument.md). Never by frequency or
+    co-occurrence statistics, the rules of POPE's popular and adversarial splits: training on
+    those negatives would teach the student the very test that measures its hallucinations."""
+    themes: tuple[tuple[str, ...], ...] = ()
+    unrelated_share: float = 0.0
+
+    @classmethod
+    def of_training(cls, world) -> "AbsentRule":
+        """The rule `world.unrelated_negatives` sets for the world's training data."""
+        return cls(tuple(tuple(t) for t in world.themes), world.unrelated_negatives)
+
+    def draw(self, scene: Scene, kinds: list[str], rng: random.Random) -> str | None:
+        present = scene.kinds()
+        absent = [k for k in kinds if k not in present]
+        if not absent:
+            return None
+        related = {k for theme in self.themes if present & set(theme) for k in theme}
+        unrelated = [k for k in absent if k not in related]
+        if unrelated and self.unrelated_share and rng.random() < self.unrelated_share:
+            return rng.choice(unrelated)
+        return rng.choice(absent)
 
 
 def confusing_count(n: int, rng: random.Random) -> int:

@@ -21,7 +21,7 @@ from reverie.generate import build_teacher, generate_dataset
 from reverie.io import read_jsonl, write_jsonl
 from reverie.settings import GenerateSettings, Params, WorldSettings
 from reverie.student.curriculum import probe_conversations
-from reverie.world import Scene, SceneObject, companions, image_relpath, load_scenes, sample_world
+from reverie.world import AbsentRule, Scene, SceneObject, companions, image_relpath, load_scenes, sample_world
 from tests.conftest import tiny_params_dict
 
 THEMES = [["circle", "square", "triangle", "star"], ["cross", "bar", "pole", "ring"]]
@@ -210,11 +210,24 @@ def same_theme(scene: Scene, kind: str) -> bool:
     return THEME_OF[kind] in {THEME_OF[k] for k in scene.kinds()}
 
 
-def check_uniform(asked: list[tuple[Scene, str]], kinds: list[str], frequency: Counter) -> float:
-    """Two statistics of the absent kinds asked, each against its expectation under a uniform
-    draw over the scene's absent kinds, within 4 binomial SDs: the share of the scene's theme
-    (POPE adversarial's rule picks those) and the share that is the most frequent absent kind
-    (POPE popular's rule). Returns the observed same-theme share."""
+def draw_probability(rule: AbsentRule, scene: Scene, kind: str, kinds: list[str]) -> float:
+    """The chance that `rule` asks about `kind` on `scene`, worked out by hand from its
+    definition: an unrelated kind (of no theme the scene holds) with probability
+    `unrelated_share` when there is one, else uniformly over the absent kinds."""
+    absent = [k for k in kinds if k not in scene.kinds()]
+    unrelated = [k for k in absent if not any(THEME_OF[k] == THEME_OF[p] for p in scene.kinds())]
+    uniform = 1 / len(absent)
+    if not unrelated:
+        return uniform
+    share = rule.unrelated_share
+    return share * (kind in unrelated) / len(unrelated) + (1 - share) * uniform
+
+
+def check_rule(asked: list[tuple[Scene, str]], kinds: list[str], frequency: Counter, rule: AbsentRule) -> float:
+    """Two statistics of the absent kinds asked, each against its expectation under `rule`,
+    within 4 binomial SDs: the share of the scene's theme (POPE adversarial's rule picks those)
+    and the share that is the most frequent absent kind (POPE popular's rule). Returns the
+    observed same-theme share."""
     popular_order = sorted(kinds, key=lambda k: (-frequency[k], k))
     for name, hit in (("same theme", lambda s, k: same_theme(s, k)),
                       ("most frequent", lambda s, k: k == next(x for x in popular_order if x not in s.kinds()))):
@@ -222,7 +235,7 @@ def check_uniform(asked: list[tuple[Scene, str]], kinds: list[str], frequency: C
         for scene, kind in asked:
             assert kind in kinds and kind not in scene.kinds()
             absent = [k for k in kinds if k not in scene.kinds()]
-            p = sum(hit(scene, k) for k in absent) / len(absent)
+            p = sum(hit(scene, k) * draw_probability(rule, scene, k, kinds) for k in absent)
             observed += hit(scene, kind)
             expected += p
             variance += p * (1 - p)
@@ -239,9 +252,13 @@ def adversarial_same_theme_share(scenes: list[Scene], kinds: list[str]) -> float
     return sum(same_theme(s, k) for s, k in negatives) / len(negatives)
 
 
-def test_the_base_s_existence_probes_ask_about_a_uniformly_drawn_absent_kind(themed):
+@pytest.mark.parametrize("share", [0.0, 0.8])
+def test_the_base_s_existence_probes_ask_about_an_absent_kind_by_the_training_rule(themed, share):
     world, train = themed
-    probes = probe_conversations(train, world.kinds, world.colors, 2, 0, image_relpath, skills=("existence",))
+    world = world.model_copy(update={"unrelated_negatives": share})
+    rule = AbsentRule.of_training(world)
+    probes = probe_conversations(train, world.kinds, world.colors, 2, 0, image_relpath, skills=("existence",),
+                                 absent=rule)
     by_image = {image_relpath(s): s for s in train}
     asked = []
     for c in probes:
@@ -251,23 +268,25 @@ def test_the_base_s_existence_probes_ask_about_a_uniformly_drawn_absent_kind(the
         if turn.assistant == "no":
             asked.append((by_image[c.image], kind))
     assert len(asked) > 1000
-    share = check_uniform(asked, world.kinds, object_statistics(train)[0])
-    assert share < adversarial_same_theme_share(train, world.kinds) - 0.3
+    same = check_rule(asked, world.kinds, object_statistics(train)[0], rule)
+    assert same < adversarial_same_theme_share(train, world.kinds) - 0.3
 
 
-def test_the_teacher_s_existence_questions_ask_about_a_uniformly_drawn_absent_kind(themed):
+@pytest.mark.parametrize("share", [0.0, 0.8])
+def test_the_teacher_s_existence_questions_ask_about_an_absent_kind_by_the_training_rule(themed, share):
     world, train = themed
+    world = world.model_copy(update={"unrelated_negatives": share})
     teacher = build_teacher(world, GenerateSettings(questions_per_image=10, noise_rate=0.0), 0)
     records = teacher.teach(train).records
     by_image = {image_relpath(s): s for s in train}
     asked = [(by_image[r["image"]], re.match(r"Is there a (\w+) in the image\?", r["question"])[1])
              for r in records if r["reasoning"] == "existence" and r["correct_answer"] == "no"]
     assert len(asked) > 500
-    share = check_uniform(asked, world.kinds, object_statistics(train)[0])
-    assert share < adversarial_same_theme_share(train, world.kinds) - 0.3
+    same = check_rule(asked, world.kinds, object_statistics(train)[0], AbsentRule.of_training(world))
+    assert same < adversarial_same_theme_share(train, world.kinds) - 0.3
 
 
-def test_the_uniformity_check_catches_pope_s_rules(themed):
+def test_the_rule_check_catches_pope_s_rules_and_a_wrong_share(themed):
     """The check above fails on negatives drawn by POPE's adversarial or popular rule."""
     world, train = themed
     frequency, together = object_statistics(train)
@@ -277,8 +296,10 @@ def test_the_uniformity_check_catches_pope_s_rules(themed):
         asked = [(by_image[it.image], it.extra["object"]) for it in items
                  if it.extra["split"] == split and it.label == "no"]
         with pytest.raises(AssertionError):
-            check_uniform(asked, world.kinds, frequency)
-    # and passes a uniform draw
+            check_rule(asked, world.kinds, frequency, AbsentRule())
+    # passes a uniform draw against the uniform rule, and fails it against the unrelated one
     rng = random.Random(0)
     uniform = [(s, rng.choice([k for k in world.kinds if k not in s.kinds()])) for s in train]
-    check_uniform(uniform, world.kinds, frequency)
+    check_rule(uniform, world.kinds, frequency, AbsentRule())
+    with pytest.raises(AssertionError):
+        check_rule(uniform, world.kinds, frequency, AbsentRule((tuple(THEMES[0]), tuple(THEMES[1])), 0.8))

@@ -111,7 +111,7 @@ def test_no_generated_text_writes_kind_plus_s():
     from reverie.generate import build_teacher
     from reverie.settings import GenerateSettings, WorldSettings
     from reverie.student.curriculum import probe_conversations
-    from reverie.world import image_relpath, sample_world
+    from reverie.world import AbsentRule, image_relpath, sample_world
 
     world = WorldSettings(train_images=150, eval_images=30)
     train, held_out = sample_world(world, seed=2)
@@ -119,7 +119,7 @@ def test_no_generated_text_writes_kind_plus_s():
     texts = [r[f] for r in records for f in ("question", "correct_rationale", "incorrect_rationale")]
     questions = [it.question for it in mme(held_out, world.kinds, world.colors, 0) + short_answers(held_out, 0)]
     probes = probe_conversations(train, world.kinds, world.colors, 6, 0, image_relpath,
-                                 skills=("count", "verify_count"))
+                                 skills=("count", "verify_count"), absent=AbsentRule.of_training(world))
     questions += [c.turns[0].user for c in probes]
     counted = []
     for text in texts + questions:

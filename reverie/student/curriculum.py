@@ -8,7 +8,8 @@ order). Instruction tuning: short questions about one skill each, drawn fresh ev
 multiple choice answered with the option's letter, and yes/no checks of a count, a colour or a
 place. They are the miniature's LLaVA-665k (VQAv2, GQA and A-OKVQA ask such questions in these
 formats): the student must be able to answer before reflective tuning can change how. An absent
-kind is drawn uniformly (world.absent_kind), never by POPE's popular or adversarial rule. All of
+kind is drawn by the training rule (world.AbsentRule: mostly unrelated to the scene, the rest
+uniformly), never by POPE's popular or adversarial rule. All of
 it is mixed in the same batches from the first step. The vision tower was pretrained and frozen
 before (vision.py). A pretrained checkpoint (`base.model.pretrained`) skips training and is only
 copied into place.
@@ -19,7 +20,7 @@ import random
 import re
 
 from ..vocab import BASE_SKILLS, LETTER, SHORT, plural
-from ..world import Scene, absent_kind, confusing_count, count_question_kind, position_name
+from ..world import AbsentRule, Scene, confusing_count, count_question_kind, position_name
 from .samples import RESPONSE, Conversation, Turn
 
 DESCRIBE = "Describe the image in detail."
@@ -84,18 +85,19 @@ def _choice(stem: str, truth: str, pool: list[str], rng: random.Random) -> Turn 
     return Turn(f"{stem}\n{lines}\n{LETTER}", LETTERS[options.index(truth)], RESPONSE)
 
 
-def _probe(skill: str, scene: Scene, kinds: list[str], colors: list[str], rng: random.Random) -> Turn | None:
+def _probe(skill: str, scene: Scene, kinds: list[str], colors: list[str], rng: random.Random,
+           absent: AbsentRule) -> Turn | None:
     """One question of `skill` about `scene`, or None when the scene cannot pose it (no kind
     occurs once, none is absent). Yes/no questions are answered yes half the time."""
     unique = [o for o in scene.objects if scene.count(o.kind) == 1]
     places = sorted({position_name(r, c, scene.grid) for r in range(scene.grid) for c in range(scene.grid)})
     yes = rng.random() < 0.5
     if skill == "existence":  # as POPE asks, or as MME does ("in this image")
-        kind = rng.choice(sorted(scene.kinds())) if yes else absent_kind(scene, kinds, rng)
+        kind = rng.choice(sorted(scene.kinds())) if yes else absent.draw(scene, kinds, rng)
         asked = EXISTENCE if rng.random() < 0.5 else "Is there a {kind} in this image?\n" + SHORT
         return Turn(asked.format(kind=kind), "yes" if yes else "no", RESPONSE) if kind else None
     if skill == "about":  # everything about one kind in one answer: whether, how many, where, how it looks
-        kind = rng.choice(sorted(scene.kinds())) if rng.random() < 0.75 else absent_kind(scene, kinds, rng)
+        kind = rng.choice(sorted(scene.kinds())) if rng.random() < 0.75 else absent.draw(scene, kinds, rng)
         if kind is None:
             return None
         n = scene.count(kind)
@@ -145,7 +147,7 @@ SKILLS = BASE_SKILLS  # every skill `_probe` poses (reverie/vocab.py names them)
 
 
 def probe_conversations(scenes: list[Scene], kinds: list[str], colors: list[str], per_image: int, seed: int,
-                        image_of, skills: tuple[str, ...] = SKILLS) -> list[Conversation]:
+                        image_of, skills: tuple[str, ...] = SKILLS, *, absent: AbsentRule) -> list[Conversation]:
     """Per image, `per_image` one-turn questions cycling through `skills` from a random start (a
     skill the scene cannot pose is skipped): asked alone, as every benchmark asks (measured: the
     same questions as one conversation per image left existence at chance)."""
@@ -157,7 +159,7 @@ def probe_conversations(scenes: list[Scene], kinds: list[str], colors: list[str]
         for j in range(2 * len(skills) + per_image):
             if len(turns) == per_image:
                 break
-            turn = _probe(skills[(start + j) % len(skills)], scene, kinds, colors, rng)
+            turn = _probe(skills[(start + j) % len(skills)], scene, kinds, colors, rng, absent)
             if turn is not None:
                 turns.append(turn)
         out += [Conversation(f"{scene.image_id}:probe{seed}-{j}", image_of(scene), (turn,), "probe")
@@ -165,7 +167,8 @@ def probe_conversations(scenes: list[Scene], kinds: list[str], colors: list[str]
     return out
 
 
-def base_curriculum(scenes: list[Scene], kinds: list[str], colors: list[str], settings, image_of):
+def base_curriculum(scenes: list[Scene], kinds: list[str], colors: list[str], settings, image_of, *,
+                    absent: AbsentRule):
     """The base step's conversations and batch order, in two phases, each epoch's conversations
     shuffled together (probes drawn fresh every epoch):
     1. seeing (`settings.seeing_epochs`): descriptions, the kinds present and two existence probes
@@ -203,7 +206,7 @@ def base_curriculum(scenes: list[Scene], kinds: list[str], colors: list[str], se
         span = min(1.0, settings.epochs - epoch, (settings.seeing_epochs - epoch) if seeing else 1.0)
         probes = probe_conversations(scenes, kinds, colors, 2 if seeing else settings.probes_per_image,
                                      settings.seed * 1000 + int(epoch * 100), image_of,
-                                     ("existence",) if seeing else tuple(settings.skills))
+                                     ("existence",) if seeing else tuple(settings.skills), absent=absent)
         start = len(conversations)
         conversations += probes
         add_epochs(list(first_phase if seeing else second_phase) + list(range(start, len(conversations))), span)
