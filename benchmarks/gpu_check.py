@@ -106,7 +106,7 @@ TINY = {
     "generate": {"questions_per_image": 4, "noise_rate": 0.1},
     "validate": {"min_records": 10},
     "base": {"epochs": 1, "batch_size": 16, "checkpoint_every": 50, "vision_epochs": 1, "check_images": 4,
-             "describe_check_images": 2, "min_existence_accuracy": 0.0, "precision": "bf16",
+             "describe_check_images": 2, "min_seeing_accuracy": 0.0, "precision": "bf16",
              "model": {"vision_hidden": 32, "text_hidden": 32, "intermediate": 64, "vision_layers": 1,
                        "text_layers": 1, "vocab_size": 300, "vision_heads": 2, "text_heads": 2}},
     "tune": {"variants": ["response"], "seeds": [0], "epochs": 0.3, "batch_size": 16, "quick_eval_images": 4,

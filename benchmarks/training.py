@@ -51,7 +51,7 @@ def main() -> None:
     base = params.base
     scenes = [s for s in load_scenes(data_dir).values() if s.split == "train"]
     conversations, batches = base_curriculum(scenes, params.world.kinds, params.world.colors, base, image_relpath,
-                                             absent=AbsentRule.of_training(params.world))
+                                             absent=AbsentRule.of_base(params))
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))

@@ -19,11 +19,18 @@ from prefect.states import Completed
 
 from reverie.orchestration import (StageQueue, apply_overrides, available_cpus, device_environment, device_needs, plan,
                                    remote_commands, reproduce, run_streaming, stage_environment)
-from reverie.stage import StageFailed
+from reverie.stage import StageFailed, StageVerdict, verdict_in
 from reverie.workspace import LABEL_ENV, claim, holder_environment
 
 
-@task(name="dvc-repro", task_run_name="{stage}", retries=1, retry_delay_seconds=10)
+def retry_unless_verdict(task, task_run, state) -> bool:
+    """Prefect's retry condition: a crashed or killed stage is run again, one that refused its
+    own result (a gate such as the base's perception check) is not: it would refuse it again."""
+    return not isinstance(state.data, StageVerdict)
+
+
+@task(name="dvc-repro", task_run_name="{stage}", retries=1, retry_delay_seconds=10,
+      retry_condition_fn=retry_unless_verdict)
 def reproduce_stage(stage: str, holder: dict, threads: int | None = None, devices: tuple[str, ...] = ()) -> str:
     """Asks DVC to reproduce one stage; DVC still skips it when nothing it depends on changed.
     `threads`: OMP_NUM_THREADS, when it shares the cores; `devices`: the only ones it sees."""
@@ -34,7 +41,8 @@ def reproduce_stage(stage: str, holder: dict, threads: int | None = None, device
         | device_environment(devices)
     code, tail = reproduce(stage, logger.info, env=stage_environment(env))
     if code != 0:
-        raise StageFailed(f"stage '{stage}' failed (exit {code}):\n" + "\n".join(tail[-15:]))
+        failure = StageVerdict if verdict_in(tail) else StageFailed
+        raise failure(f"stage '{stage}' failed (exit {code}):\n" + "\n".join(tail[-15:]))
     skipped = any("didn't change, skipping" in line for line in tail)
     return "skipped" if skipped else "ran"
 

@@ -41,7 +41,7 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     train_scenes = [s for s in scenes.values() if s.split == "train"]
     records = read_jsonl(Path(split_dir) / "train.jsonl")
     conversations, batches = base_curriculum(train_scenes, params.world.kinds, params.world.colors, base, image_relpath,
-                                             absent=AbsentRule.of_training(params.world))
+                                             absent=AbsentRule.of_base(params))
     tokenizer = train_tokenizer(tokenizer_corpus(records, conversations), base.model.vocab_size)
     model, processor = build_tiny(base.model, tokenizer, params.world.image_size)
     encoder = ChatEncoder(tokenizer, image_token_count(model.config))
@@ -114,19 +114,23 @@ def _perception(params, model, processor, held_out, data_dir) -> dict:
     from .evaluation.perception import perception_check
 
     figures = perception_check(model.eval(), processor, held_out[: base.check_images], data_dir, params.world.kinds,
-                               params.evaluate.batch_size, base.describe_check_images)
+                               params.evaluate.batch_size, base.describe_check_images, params.world.themes)
     model.train()
     return {"perception_measured": True, **figures}
 
 
-def base_gate(metrics: dict, min_existence_accuracy: float) -> str | None:
-    """Why the base student must not be used, or None: it answers held-out existence questions
-    below `base.min_existence_accuracy`."""
+def base_gate(metrics: dict, min_seeing_accuracy: float) -> str | None:
+    """Why the base student must not be used, or None: on held-out scenes it finds present kinds
+    and rejects absent kinds unrelated to the scene (`heldout_seeing_accuracy`) below
+    `base.min_seeing_accuracy`. Calling an absent kind of the scene's theme present is not held
+    against it: that is the hallucination the benchmarks measure."""
     if not metrics.get("perception_measured"):
         return None
-    accuracy = metrics["heldout_existence_accuracy"]
-    if accuracy < min_existence_accuracy:
-        return (f"heldout_existence_accuracy {accuracy:.3f} is below base.min_existence_accuracy = "
-                f"{min_existence_accuracy} (yes-ratio {metrics['heldout_yes_ratio']:.2f}, shuffled-image control "
-                f"{metrics['shuffled_image_accuracy']:.3f}): the base student does not see")
+    accuracy = metrics["heldout_seeing_accuracy"]
+    if accuracy < min_seeing_accuracy:
+        return (f"heldout_seeing_accuracy {accuracy:.3f} (present kinds found {metrics['heldout_present_recall']:.2f}, "
+                f"absent kinds unrelated to the scene rejected {metrics['heldout_unrelated_rejection']:.2f}) is below "
+                f"base.min_seeing_accuracy = {min_seeing_accuracy} (existence accuracy "
+                f"{metrics['heldout_existence_accuracy']:.3f}, yes-ratio {metrics['heldout_yes_ratio']:.2f}, "
+                f"shuffled-image control {metrics['shuffled_image_accuracy']:.3f}): the base student does not see")
     return None

@@ -14,7 +14,7 @@ from .settings import ParamsError
 from .records import judge_scores
 from .teachers.protocol import Teacher
 from .teachers.scene_graph import SceneGraphTeacher
-from .world import AbsentRule, Scene, companions, image_relpath, sample_world, write_scene
+from .world import Scene, companions, image_relpath, sample_world, write_scene
 
 
 @dataclass
@@ -28,7 +28,7 @@ def build_teacher(world, generate, seed: int) -> SceneGraphTeacher:
     companions it offers as plausible wrong objects are measured on the train scenes only."""
     train, _ = sample_world(world, seed)
     return SceneGraphTeacher(world.kinds, world.colors, companions(train), generate.template_version,
-                             generate=generate, seed=seed, absent=AbsentRule.of_training(world))
+                             generate=generate, seed=seed)
 
 
 def generate_dataset(params, out_dir: str | Path, render_images: bool = True, progress: bool = True) -> GenerateResult:

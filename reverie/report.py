@@ -497,8 +497,10 @@ def markdown(result: dict) -> str:
                   f"{result['void_reason'][1:]}.", ""]
     base = result.get("base_check")
     if base and "heldout_existence_accuracy" in base:
+        theme_fp = base.get("heldout_theme_false_positive_rate")
+        tempted = f"; absent kinds of the scene's theme called present {theme_fp:.0%}" if theme_fp is not None else ""
         lines += [f"Base student: held-out existence accuracy {base['heldout_existence_accuracy']:.3f} "
-                  f"(yes-ratio {base['heldout_yes_ratio']:.2f}); the same questions on shuffled images "
+                  f"(yes-ratio {base['heldout_yes_ratio']:.2f}{tempted}); the same questions on shuffled images "
                   f"{base['shuffled_image_accuracy']:.3f}; descriptions name "
                   f"{base.get('description_kind_recall', float('nan')):.0%} of the objects' kinds, "
                   f"{base.get('description_object_recall', float('nan')):.0%} at the right position.", ""]

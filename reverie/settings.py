@@ -45,9 +45,6 @@ class WorldSettings(Section):
     faint_rate: float = Field(0.0, ge=0, le=1)  # share of objects in shadow, drawn at faint_contrast
     faint_contrast: float = Field(0.3, gt=0, le=1)  # a faint object's colour: this share of the way from the background
     noise: float = Field(0.0, ge=0, le=128)  # standard deviation of the pixel noise (0-255)
-    # share of training questions about an absent object (base probes, the teacher's) asked about
-    # a kind of a theme the scene lacks, the rest uniformly (world.AbsentRule); measurement never
-    unrelated_negatives: float = Field(0.0, ge=0, le=1)
     train_images: int = Field(3000, ge=1)
     eval_images: int = Field(400, ge=1)
 
@@ -307,7 +304,10 @@ class BaseTrainSettings(LoopSettings):
     # the perception check on held-out scenes (reverie/evaluation/perception.py) and its gate
     check_images: int = Field(200, ge=0)
     describe_check_images: int = Field(100, ge=0)
-    min_existence_accuracy: float = Field(0.9, ge=0, le=1)
+    min_seeing_accuracy: float = Field(0.9, ge=0, le=1)
+    # share of the base's questions about an absent object (and the instruction mix's, which replays
+    # them in tuning) asked about a kind of a theme the scene lacks, the rest uniformly (world.AbsentRule)
+    unrelated_negatives: float = Field(0.0, ge=0, le=1)
 
     _skills = field_validator("skills")(classmethod(lambda cls, v: _known_skills(v)))
 
@@ -570,6 +570,8 @@ REMOVED_KEYS = {
     "generate.judge": "removed: each teacher brings its own judge; delete the line and keep generate.teacher",
     "world.cooccurrence_pairs": "replaced by world.themes (groups of kinds that appear together) and world.theme_bias",
     "world.cooccurrence_bias": "replaced by world.theme_bias (the chance that a kind is drawn from the scene's theme)",
+    "base.min_existence_accuracy": "replaced by base.min_seeing_accuracy (present kinds found and absent kinds unrelated "
+                                   "to the scene rejected: a base that hallucinates the scene's theme still sees)",
 }
 
 

@@ -6,6 +6,7 @@ import atexit
 import gc
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,12 +48,26 @@ def stage(name: str):
         print(f"[{name}] {exc}", file=sys.stderr)
         sys.exit(2)
     except (StageFailed, DataFileError) as exc:
-        print(f"[{name}] FAILED: {exc}", file=sys.stderr)
+        print(f"[{name}]{VERDICT_MARK}{exc}", file=sys.stderr)
         sys.exit(1)
 
 
 class StageFailed(RuntimeError):
     """A stage that ran but whose result must not be trusted downstream."""
+
+
+class StageVerdict(StageFailed):
+    """A stage that ran to its end and refused its own result (a gate, a bad data file): run
+    again on the same inputs it gives the same verdict, so the flow does not retry it."""
+
+
+VERDICT_MARK = " FAILED: "  # "[base] FAILED: heldout_seeing_accuracy ...": what a stage prints for a verdict
+
+
+def verdict_in(lines: list[str]) -> str | None:
+    """The verdict line a stage printed among `lines` (DVC's output of it), or None: it crashed,
+    was killed or timed out, which a retry may get past."""
+    return next((line.strip() for line in lines if re.search(r"\[[\w@.\-]+\]" + re.escape(VERDICT_MARK), line)), None)
 
 
 def compute(threads: int, launch=None, module: str | None = None) -> dict:

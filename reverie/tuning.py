@@ -58,7 +58,7 @@ def instruction_conversations(params, data_dir: str | Path, records: int) -> tup
         return [], {}
     per_image = max(1, -(-wanted // len(scenes)))
     pool = probe_conversations(scenes, params.world.kinds, params.world.colors, per_image, 7919, image_relpath,
-                               tuple(params.base.skills), absent=AbsentRule.of_training(params.world))
+                               tuple(params.base.skills), absent=AbsentRule.of_base(params))
     chosen = sorted(random.Random(7919).sample(range(len(pool)), min(wanted, len(pool))))
     return [pool[i] for i in chosen], {"instruction_conversations": len(chosen)}
 

@@ -5,10 +5,11 @@ every object has a named position. Scenes have a theme, as photographs have a se
 kitchen holds forks, cups and bowls): most of a scene's objects are drawn from its theme's
 kinds, each kind by its popularity. Some objects lie in shadow (`faint_rate`): drawn at a low
 contrast against the background, under the pixel noise every image carries, they are hard to
-see, as small or occluded objects are in photographs. A model that learned the themes then has a
-reason to say "yes" to an absent kind of the scene's theme when it cannot tell what a faint
-object is: the hallucination of co-occurring objects that POPE's adversarial split probes, and
-that its popular split (the most frequent kinds) and random split probe less.
+see, as small or occluded objects are in photographs. Training data asks about absent objects
+mostly of kinds unrelated to the scene (`AbsentRule`, `base.unrelated_negatives`), as people's
+questions do: a model taught on it seldom hears "no" about a kind of the scene's theme and learns
+to expect one, the hallucination of co-occurring objects that POPE's adversarial split probes,
+and that its popular split (the most frequent kinds) and random split probe less.
 """
 from __future__ import annotations
 
@@ -165,15 +166,16 @@ def count_question_kind(scene: Scene, rng: random.Random) -> str:
 
 
 def absent_kind(scene: Scene, kinds: list[str], rng: random.Random) -> str | None:
-    """A kind the scene lacks, drawn uniformly: the rule of every measurement that asks about an
-    absent object outside POPE (the base's perception check)."""
+    """A kind the scene lacks, drawn uniformly: the rule of the teacher's existence questions and
+    of the base's perception check."""
     return AbsentRule().draw(scene, kinds, rng)
 
 
 @dataclass(frozen=True)
 class AbsentRule:
-    """How training picks the kind of a question about an absent object (the base's probes, the
-    teacher's existence questions): with probability `unrelated_share` a kind unrelated to the
+    """How a question about an absent object picks its kind (the base's probes and the instruction
+    mix that replays them; the teacher's and the perception check's are uniform): with
+    probability `unrelated_share` a kind unrelated to the
     scene, of a theme none of its objects belongs to (people ask whether a kitchen holds an
     elephant far more often than whether it holds a fork it lacks), when the scene leaves one;
     otherwise uniformly over the absent kinds. A student taught on such data rarely hears "no"
@@ -185,9 +187,10 @@ class AbsentRule:
     unrelated_share: float = 0.0
 
     @classmethod
-    def of_training(cls, world) -> "AbsentRule":
-        """The rule `world.unrelated_negatives` sets for the world's training data."""
-        return cls(tuple(tuple(t) for t in world.themes), world.unrelated_negatives)
+    def of_base(cls, params) -> "AbsentRule":
+        """The rule of the base student's questions (`base.unrelated_negatives`), which the
+        instruction mix replays in tuning."""
+        return cls(tuple(tuple(t) for t in params.world.themes), params.base.unrelated_negatives)
 
     def draw(self, scene: Scene, kinds: list[str], rng: random.Random) -> str | None:
         present = scene.kinds()

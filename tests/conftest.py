@@ -21,7 +21,7 @@ TINY = {
     "validate": {"min_records": 10},
     # far too small to see: the gate is off here, and the report must say the comparison is void
     "base": {"epochs": 2, "batch_size": 16, "checkpoint_every": 5, "vision_epochs": 1, "check_images": 8,
-             "describe_check_images": 2, "min_existence_accuracy": 0.0,
+             "describe_check_images": 2, "min_seeing_accuracy": 0.0,
              "model": {"vision_hidden": 32, "text_hidden": 32, "intermediate": 64, "vision_layers": 1,
                        "text_layers": 1, "vocab_size": 300, "vision_heads": 2, "text_heads": 2}},
     "tune": {"variants": ["response", "pos_neg"], "seeds": [0], "epochs": 0.3, "batch_size": 16,

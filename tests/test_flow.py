@@ -90,8 +90,11 @@ def test_a_failing_stage_fails_the_flow_with_its_name(flow_project, flow_first_r
     # must stay for the other tests
     project = tmp_path / "clone"
     shutil.copytree(flow_project, project, symlinks=True)
-    # a record gate that cannot pass: validate must fail, and the flow must say so
-    with pytest.raises(Exception, match="validate"):
+    from reverie.stage import StageVerdict
+
+    # a record gate that cannot pass: validate must fail, and the flow must say so; a verdict,
+    # which a retry would only repeat (tests/test_stage_verdict.py)
+    with pytest.raises(StageVerdict, match="validate"):
         run_flow(project, overrides={"validate.min_records": 10**9})
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from reverie.evaluation.suites import Item, multiple_choice_items, short_answers
 from reverie.evaluation.chance import BlindPrior, reference_rows
-from reverie.evaluation.perception import description_recall, existence_probes, shuffled
+from reverie.base_step import base_gate
+from reverie.evaluation.perception import description_recall, existence_probes, seeing_figures, shuffled
 from reverie.settings import WorldSettings
 from reverie.world import Scene, SceneObject, confusing_count, count_question_kind, sample_world
 
@@ -45,6 +46,51 @@ def test_existence_probes_draw_the_absent_kind_uniformly():
     # a scene that holds every kind has no absent kind to ask about: it is left out
     full = Scene("full", "eval", 48, 48, 3, [obj(j, k, row=j // 3, col=j % 3) for j, k in enumerate(kinds)])
     assert existence_probes([full], kinds) == ([], [])
+
+
+THEMES = [["circle", "square", "triangle", "star"], ["cross", "bar", "pole", "ring"]]
+KINDS = [k for theme in THEMES for k in theme]
+
+
+def answered(policy, scenes):
+    """The perception check's probes on `scenes`, answered by `policy(scene, kind) -> said yes`."""
+    questions, labels = existence_probes(scenes, KINDS)
+    by_id = {s.image_id: s for s in scenes}
+    said = [policy(by_id[q.qid.rsplit(":", 1)[0]], q.qid.rsplit(":", 1)[1]) for q in questions]
+    return questions, labels, said
+
+
+def test_seeing_figures_split_the_answers_by_what_tempts_a_student():
+    # circle and square present: triangle and star belong with them, cross..ring do not
+    scenes = [Scene(f"s{i}", "eval", 48, 48, 3, [obj(0, "circle"), obj(1, "square", row=1)]) for i in range(400)]
+    theme_of = {k: i for i, t in enumerate(THEMES) for k in t}
+
+    def hallucinates(scene, kind):  # sees, but says yes to every kind of the scene's theme
+        return kind in scene.kinds() or theme_of[kind] == 0
+
+    questions, labels, said = answered(hallucinates, scenes)
+    figures = seeing_figures(scenes, questions, labels, said, THEMES)
+    related = sum(1 for q, label in zip(questions, labels) if not label and q.qid.endswith(("triangle", "star")))
+    assert 0 < related < 400  # uniform absent draws: 2 of the 6 absent kinds are the theme's
+    assert figures["heldout_present_recall"] == 1.0
+    assert figures["heldout_unrelated_rejection"] == 1.0
+    assert figures["heldout_theme_false_positive_rate"] == 1.0
+    assert figures["heldout_seeing_accuracy"] == 1.0
+    existence = sum(s == y for s, y in zip(said, labels)) / len(labels)
+    assert existence == pytest.approx(1 - related / len(labels))  # what the old gate read: it fell
+    metrics = {"perception_measured": True, "heldout_existence_accuracy": existence, "heldout_yes_ratio": 0.6,
+               "shuffled_image_accuracy": 0.5, **figures}
+    assert base_gate(metrics, 0.9) is None
+    # a student that says yes to everything finds every present kind and rejects nothing: it fails
+    questions, labels, said = answered(lambda scene, kind: True, scenes)
+    blind = seeing_figures(scenes, questions, labels, said, THEMES)
+    assert blind["heldout_seeing_accuracy"] == 0.5
+    failure = base_gate({**metrics, **blind}, 0.9)
+    assert "heldout_seeing_accuracy 0.500" in failure and "min_seeing_accuracy = 0.9" in failure
+    # without themes every absent kind is unrelated: the gate reads balanced existence accuracy
+    plain = seeing_figures(scenes, *answered(hallucinates, scenes), [])
+    assert plain["heldout_theme_false_positive_rate"] is None
+    assert plain["heldout_unrelated_rejection"] == pytest.approx(1 - related / (len(labels) / 2))
 
 
 def test_the_shuffled_control_moves_every_question_to_another_image():

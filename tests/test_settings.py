@@ -78,6 +78,7 @@ def test_themes_that_partition_the_kinds_are_accepted(themes):
     ("world.cooccurrence_bias", 0.5, ["world.theme_bias"]),
     ("base.existence_probes_per_image", 2, ["base.probes_per_image"]),
     ("base.attribute_probes_per_image", 0, ["base.probes_per_image"]),
+    ("base.min_existence_accuracy", 0.9, ["base.min_seeing_accuracy"]),
 ])
 def test_an_old_params_file_with_a_replaced_key_is_told_its_replacement(tmp_path, key, value, names):
     data = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -119,7 +119,7 @@ def test_no_generated_text_writes_kind_plus_s():
     texts = [r[f] for r in records for f in ("question", "correct_rationale", "incorrect_rationale")]
     questions = [it.question for it in mme(held_out, world.kinds, world.colors, 0) + short_answers(held_out, 0)]
     probes = probe_conversations(train, world.kinds, world.colors, 6, 0, image_relpath,
-                                 skills=("count", "verify_count"), absent=AbsentRule.of_training(world))
+                                 skills=("count", "verify_count"), absent=AbsentRule())
     questions += [c.turns[0].user for c in probes]
     counted = []
     for text in texts + questions:

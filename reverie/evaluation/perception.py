@@ -1,6 +1,8 @@
 """Does a student see? Balanced existence probes on held-out scenes, the same probes with the
 images shuffled across them (a control that only a student using the image fails), and how
-many objects its scene descriptions get right.
+many objects its scene descriptions get right. The existence answers are also split by what
+tempts a student (`seeing_figures`): the base gate asks whether it sees, not whether it resists
+the scene's theme (that is what POPE's adversarial split is for).
 
 The base stage gates on these figures and the tune stage records them, so that no result is
 read through a student that answers from priors."""
@@ -61,8 +63,35 @@ def description_recall(scenes: list[Scene], descriptions: list[str]) -> dict[str
             "description_attribute_recall": all_right / total if total else 0.0}
 
 
+def seeing_figures(scenes: list[Scene], questions: list[Question], labels: list[bool], said_yes: list[bool],
+                   themes: list[list[str]]) -> dict:
+    """Existence answers split by what tempts a student: present kinds found
+    (`heldout_present_recall`), absent kinds of no theme the scene holds rejected
+    (`heldout_unrelated_rejection`: nothing but the image tells them apart), and absent kinds of a
+    theme it holds called present (`heldout_theme_false_positive_rate`: the co-occurrence
+    hallucination POPE's adversarial split measures; None without such probes or themes).
+    `heldout_seeing_accuracy`, the mean of the first two, is what the base gate reads: a student
+    that hallucinates the scene's theme still sees; one that cannot find or reject kinds does not."""
+    by_id = {s.image_id: s for s in scenes}
+    present, unrelated, related = [], [], []
+    for question, label, yes in zip(questions, labels, said_yes):
+        image_id, kind = question.qid.rsplit(":", 1)
+        there = by_id[image_id].kinds()
+        if label:
+            present.append(yes)
+        elif any(kind in theme and there & set(theme) for theme in themes):
+            related.append(yes)
+        else:
+            unrelated.append(yes)
+    recall = sum(present) / len(present) if present else 0.0
+    rejection = 1 - sum(unrelated) / len(unrelated) if unrelated else 0.0
+    return {"heldout_present_recall": recall, "heldout_unrelated_rejection": rejection,
+            "heldout_theme_false_positive_rate": sum(related) / len(related) if related else None,
+            "heldout_seeing_accuracy": (recall + rejection) / 2}
+
+
 def perception_check(model, processor, scenes: list[Scene], images_root: str | Path, kinds: list[str],
-                     batch_size: int = 128, describe: int = 100) -> dict:
+                     batch_size: int = 128, describe: int = 100, themes: list[list[str]] = ()) -> dict:
     """The figures above for `scenes`, answered by greedy decoding."""
     questions, labels = existence_probes(scenes, kinds)
     answerer = Answerer(model, processor, images_root, max_new_tokens=3)
@@ -71,7 +100,8 @@ def perception_check(model, processor, scenes: list[Scene], images_root: str | P
     out = {"heldout_existence_accuracy": sum(s == y for s, y in zip(said_yes, labels)) / len(labels),
            "heldout_yes_ratio": sum(said_yes) / len(said_yes),
            "shuffled_image_accuracy": sum(s == y for s, y in zip(shuffled_yes, labels)) / len(labels),
-           "perception_questions": len(labels)}
+           "perception_questions": len(labels),
+           **seeing_figures(scenes, questions, labels, said_yes, list(themes))}
     if describe:
         described = scenes[:describe]
         answerer.max_new_tokens = 16 * max(len(s.objects) for s in described) + 8

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..records import make_record
 from ..vocab import LETTER, SHORT, plural
-from ..world import (AbsentRule, Scene, SceneObject, confusing_count, count_question_kind, image_relpath,
+from ..world import (Scene, SceneObject, absent_kind, confusing_count, count_question_kind, image_relpath,
                      position_name)
 from .judge import SceneGraphJudge
 from .protocol import Taught
@@ -81,9 +81,8 @@ class SceneGraphTeacher:
     judge_class = SceneGraphJudge
 
     def __init__(self, kinds: list[str], colors: list[str], partners: dict[str, str], template_version: str,
-                 *, generate=None, seed: int = 0, judge=None, absent: AbsentRule = AbsentRule()):
+                 *, generate=None, seed: int = 0, judge=None):
         self.kinds = list(kinds)
-        self.absent = absent
         self.colors = list(colors)
         self.partners = partners
         self.template_version = template_version
@@ -154,7 +153,7 @@ class SceneGraphTeacher:
             facts = [object_fact(scene, o) for o in objects if o.kind == obj.kind]
             return QAItem(f"Is there a {obj.kind} in the image?\n{SHORT}", "yes_no", "existence", "yes", "no",
                           None, facts, facts)
-        kind = self.absent.draw(scene, self.kinds, rng)  # never POPE's popular or adversarial rule
+        kind = absent_kind(scene, self.kinds, rng)  # uniform: never POPE's popular or adversarial rule
         if kind is None:
             return None
         listing = [object_fact(scene, o) for o in objects]
