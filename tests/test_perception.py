@@ -91,6 +91,10 @@ def test_seeing_figures_split_the_answers_by_what_tempts_a_student():
     plain = seeing_figures(scenes, *answered(hallucinates, scenes), [])
     assert plain["heldout_theme_false_positive_rate"] is None
     assert plain["heldout_unrelated_rejection"] == pytest.approx(1 - related / (len(labels) / 2))
+    # one theme of every kind leaves no absent kind unrelated: the gate reads all absent ones
+    single = seeing_figures(scenes, *answered(hallucinates, scenes), [KINDS])
+    assert single["heldout_unrelated_rejection"] == pytest.approx(1 - related / (len(labels) / 2))
+    assert single["heldout_seeing_accuracy"] > 0.5
 
 
 def test_the_shuffled_control_moves_every_question_to_another_image():

@@ -67,7 +67,8 @@ def seeing_figures(scenes: list[Scene], questions: list[Question], labels: list[
                    themes: list[list[str]]) -> dict:
     """Existence answers split by what tempts a student: present kinds found
     (`heldout_present_recall`), absent kinds of no theme the scene holds rejected
-    (`heldout_unrelated_rejection`: nothing but the image tells them apart), and absent kinds of a
+    (`heldout_unrelated_rejection`: nothing but the image tells them apart; every absent kind when
+    the themes leave none unrelated, as one theme of every kind does), and absent kinds of a
     theme it holds called present (`heldout_theme_false_positive_rate`: the co-occurrence
     hallucination POPE's adversarial split measures; None without such probes or themes).
     `heldout_seeing_accuracy`, the mean of the first two, is what the base gate reads: a student
@@ -84,7 +85,8 @@ def seeing_figures(scenes: list[Scene], questions: list[Question], labels: list[
         else:
             unrelated.append(yes)
     recall = sum(present) / len(present) if present else 0.0
-    rejection = 1 - sum(unrelated) / len(unrelated) if unrelated else 0.0
+    rejected = unrelated or related
+    rejection = 1 - sum(rejected) / len(rejected) if rejected else 0.0
     return {"heldout_present_recall": recall, "heldout_unrelated_rejection": rejection,
             "heldout_theme_false_positive_rate": sum(related) / len(related) if related else None,
             "heldout_seeing_accuracy": (recall + rejection) / 2}

@@ -8,8 +8,8 @@ order). Instruction tuning: short questions about one skill each, drawn fresh ev
 multiple choice answered with the option's letter, and yes/no checks of a count, a colour or a
 place. They are the miniature's LLaVA-665k (VQAv2, GQA and A-OKVQA ask such questions in these
 formats): the student must be able to answer before reflective tuning can change how. An absent
-kind is drawn by the training rule (world.AbsentRule: mostly unrelated to the scene, the rest
-uniformly), never by POPE's popular or adversarial rule. All of
+kind is drawn by `base.unrelated_negatives`' rule (world.AbsentRule: uniformly by default, or
+mostly of a theme the scene lacks), never by POPE's popular or adversarial rule. All of
 it is mixed in the same batches from the first step. The vision tower was pretrained and frozen
 before (vision.py). A pretrained checkpoint (`base.model.pretrained`) skips training and is only
 copied into place.
