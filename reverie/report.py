@@ -206,7 +206,7 @@ def ablation(runs: dict[str, dict[int, dict]], baseline: str = "response", repli
               "bootstrap_replicates": replicates if weights is not None else 0,
               "eval_images": len(images) if images is not None else None,
               "pope_f1_standard_error": _pope_standard_errors(runs, weights),
-              "skills": _seed_means(runs.get(baseline), dict((key, key) for key, _ in SKILLS)),
+              "skills": _seed_means(runs.get(baseline), {key: key for key, _ in SKILLS}),
               "answer_letters": _seed_means(runs.get(baseline), dict(ANSWER_LETTERS))}
     settle(result)
     return result

@@ -5,11 +5,12 @@ every object has a named position. Scenes have a theme, as photographs have a se
 kitchen holds forks, cups and bowls): most of a scene's objects are drawn from its theme's
 kinds, each kind by its popularity. Some objects lie in shadow (`faint_rate`): drawn at a low
 contrast against the background, under the pixel noise every image carries, they are hard to
-see, as small or occluded objects are in photographs. Training data asks about absent objects
-mostly of kinds unrelated to the scene (`AbsentRule`, `base.unrelated_negatives`), as people's
-questions do: a model taught on it seldom hears "no" about a kind of the scene's theme and learns
-to expect one, the hallucination of co-occurring objects that POPE's adversarial split probes,
-and that its popular split (the most frequent kinds) and random split probe less.
+see, as small or occluded objects are in photographs. The base's training can ask about absent
+objects mostly of kinds unrelated to the scene (`AbsentRule`, `base.unrelated_negatives`, off by
+default), as people's questions do: a model taught on it seldom hears "no" about a kind of the
+scene's theme and learns to expect one, the hallucination of co-occurring objects that POPE's
+adversarial split probes, and that its popular split (the most frequent kinds) and random split
+probe less.
 """
 from __future__ import annotations
 
@@ -175,9 +176,9 @@ def absent_kind(scene: Scene, kinds: list[str], rng: random.Random) -> str | Non
 class AbsentRule:
     """How a question about an absent object picks its kind (the base's probes and the instruction
     mix that replays them; the teacher's and the perception check's are uniform): with
-    probability `unrelated_share` a kind unrelated to the
-    scene, of a theme none of its objects belongs to (people ask whether a kitchen holds an
-    elephant far more often than whether it holds a fork it lacks), when the scene leaves one;
+    probability `unrelated_share` a kind unrelated to the scene, of a theme none of its objects
+    belongs to (people ask whether a kitchen holds an elephant far more often than whether it
+    holds a fork it lacks), when the scene leaves one;
     otherwise uniformly over the absent kinds. A student taught on such data rarely hears "no"
     about a kind that belongs with the scene, and learns to expect it: the co-occurrence
     hallucination POPE's adversarial split probes (docs/instrument.md). Never by frequency or
