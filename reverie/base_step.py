@@ -114,7 +114,8 @@ def _perception(params, model, processor, held_out, data_dir) -> dict:
     from .evaluation.perception import perception_check
 
     figures = perception_check(model.eval(), processor, held_out[: base.check_images], data_dir, params.world.kinds,
-                               params.evaluate.batch_size, base.describe_check_images, params.world.themes)
+                               params.evaluate.batch_size, base.describe_check_images, params.world.themes,
+                               params.world.colors)
     model.train()
     return {"perception_measured": True, **figures}
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .evaluation.forms import answer_vocabulary, well_formed
 from .evaluation.per_image import METRICS, POPE_SPLITS, image_components
+from .evaluation.scoring import choice_text
 from .io import atomic_path, read_jsonl, write_json, write_text
 from .statistics import (bootstrap_interval, bootstrap_p_value, bootstrap_weights, holm, minimum_detectable_difference,
                          one_sided_p_value, resampled, t_interval, two_level_draws, two_level_means)
@@ -503,7 +504,8 @@ def markdown(result: dict) -> str:
                   f"(yes-ratio {base['heldout_yes_ratio']:.2f}{tempted}); the same questions on shuffled images "
                   f"{base['shuffled_image_accuracy']:.3f}; descriptions name "
                   f"{base.get('description_kind_recall', float('nan')):.0%} of the objects' kinds, "
-                  f"{base.get('description_object_recall', float('nan')):.0%} at the right position.", ""]
+                  f"{base.get('description_object_recall', float('nan')):.0%} at the right position"
+                  + (f"; {choice_text(base)}." if choice_text(base) else "."), ""]
     seeds = max((len(r["seeds"]) for r in result["variants"].values()), default=0)
     lines += [f"## Headline: mean ± std over {seeds} seed(s)", "",
               "| variant | seeds | " + " | ".join(_header(result, k, label) for k, label in cols) + " |",

@@ -13,6 +13,7 @@ def main() -> None:
     args = p.parse_args()
     with stage("base"):
         from reverie.base_step import base_gate, train_base
+        from reverie.evaluation.scoring import choice_text
         from reverie.training_run import is_main_process
 
         params = params_from(args)
@@ -32,7 +33,8 @@ def main() -> None:
                   + "), shuffled images "
                   f"{metrics['shuffled_image_accuracy']:.3f}, descriptions name "
                   f"{metrics.get('description_kind_recall', float('nan')):.0%} of the objects' kinds, "
-                  f"{metrics.get('description_object_recall', float('nan')):.0%} at the right position")
+                  f"{metrics.get('description_object_recall', float('nan')):.0%} at the right position"
+                  + (f"; {choice_text(metrics)}" if choice_text(metrics) else ""))
         if failure:
             raise StageFailed(failure)
 

@@ -8,9 +8,11 @@ import pytest
 from reverie.evaluation.suites import Item, multiple_choice_items, short_answers
 from reverie.evaluation.chance import BlindPrior, reference_rows
 from reverie.base_step import base_gate
-from reverie.evaluation.perception import description_recall, existence_probes, seeing_figures, shuffled
+from reverie.evaluation.perception import choice_probes, description_recall, existence_probes, seeing_figures, shuffled
+from reverie.evaluation.scoring import choice_figures
 from reverie.settings import WorldSettings
-from reverie.world import Scene, SceneObject, confusing_count, count_question_kind, sample_world
+from reverie.vocab import LETTER
+from reverie.world import Scene, SceneObject, confusing_count, count_question_kind, position_name, sample_world
 
 
 def obj(i, kind, color="red", size="small", row=0, col=0):
@@ -162,3 +164,57 @@ def test_the_blind_prior_learns_answers_from_train_items_without_images():
     rows = reference_rows(train, [ask] + evals)
     assert [r["answer"] for r in rows["always_yes"]] == ["yes"] * 5
     assert rows["blind_prior"][0]["answer"] == "yes" and rows["blind_prior"][0]["label"] == "no"
+
+
+def test_choice_probes_ask_as_mmbench_does_and_their_letters_are_right():
+    world = WorldSettings(train_images=1, eval_images=200)
+    _, scenes = sample_world(world, seed=5)
+    questions, letters = choice_probes(scenes, world.kinds, world.colors)
+    by_id = {s.image_id: s for s in scenes}
+    assert len(questions) > len(scenes)  # the shape question always, the colour one when a kind occurs once
+    for q, letter in zip(questions, letters):
+        scene, skill = by_id[q.qid.split(":")[0]], q.qid.split(":")[1]
+        options = dict(line.split(". ", 1) for line in q.text.split("\n")[1:5])
+        assert q.text.endswith(LETTER) and list(options) == ["A", "B", "C", "D"]
+        truth = options[letter]
+        if skill == "choice_shape":
+            place = q.text.split("at the ")[1].split("?")[0]
+            assert truth in {o.kind for o in scene.objects if position_name(o.row, o.col, scene.grid) == place}
+        else:
+            kind = q.text.split("What color is the ")[1].split("?")[0]
+            assert [o.color for o in scene.objects if o.kind == kind] == [truth]
+    # the right answer sits under every letter (the figures per letter need all four)
+    assert set(letters) == set("ABCD") and min(Counter(letters).values()) > len(letters) / 8
+
+
+def test_choice_figures_say_which_letters_a_student_maps():
+    world = WorldSettings(train_images=1, eval_images=100)
+    _, scenes = sample_world(world, seed=6)
+    questions, letters = choice_probes(scenes, world.kinds, world.colors)
+    reads = choice_figures(questions, letters, letters)
+    assert reads["heldout_choice_accuracy"] == reads["heldout_choice_worst_letter"] == 1.0
+    # answering "B" to everything: right only where B is right; MMBench's parser reads "B." and "(B)" too
+    always_b = choice_figures(questions, letters, ["B." if i % 2 else "(B)" for i in range(len(letters))])
+    share_b = letters.count("B") / len(letters)
+    assert always_b["heldout_choice_accuracy"] == pytest.approx(share_b)
+    assert always_b["heldout_choice_accuracy_B"] == 1.0
+    assert always_b["heldout_choice_accuracy_A"] == always_b["heldout_choice_accuracy_D"] == 0.0
+    assert always_b["heldout_choice_worst_letter"] == 0.0
+    # naming the right option's content is right by MMBench's rule too; naming another is wrong
+    def content(q, letter):
+        return dict(line.split(". ", 1) for line in q.text.split("\n")[1:5])[letter]
+    assert choice_figures(questions, letters, [content(q, x) for q, x in zip(questions, letters)])[
+        "heldout_choice_accuracy"] == 1.0
+    wrong = [content(q, "A" if x != "A" else "B") for q, x in zip(questions, letters)]
+    assert choice_figures(questions, letters, wrong)["heldout_choice_accuracy"] == 0.0
+    assert choice_figures([], [], []) == {}
+
+
+def test_the_base_line_names_the_letters_a_student_answers():
+    from reverie.evaluation.scoring import choice_text
+
+    figures = {"heldout_choice_accuracy": 0.25, "heldout_choice_accuracy_A": 0.0, "heldout_choice_accuracy_B": 1.0,
+               "heldout_choice_accuracy_C": 0.0, "heldout_choice_accuracy_D": 0.0, "heldout_choice_worst_letter": 0.0}
+    text = choice_text(figures)
+    assert "answered right 0.25" in text and "A 0.00, B 1.00, C 0.00, D 0.00;" in text
+    assert choice_text({"heldout_existence_accuracy": 1.0}) == ""

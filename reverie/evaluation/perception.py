@@ -4,18 +4,22 @@ many objects its scene descriptions get right. The existence answers are also sp
 tempts a student (`seeing_figures`): the base gate asks whether it sees, not whether it resists
 the scene's theme (that is what POPE's adversarial split is for).
 
-The base stage gates on these figures and the tune stage records them, so that no result is
-read through a student that answers from priors."""
+Multiple-choice questions as MMBench asks them (`choice_figures`) say whether the student maps
+an option's content to its letter, per letter: a tiny LM without language pretraining often
+answers one letter to everything, which voids MMBench's circular score however well it sees.
+
+The base stage gates on the existence figures and records the rest; the tune stage records the
+existence figures: no result is read through a student that answers from priors."""
 from __future__ import annotations
 
 import random
 from collections import Counter
 from pathlib import Path
 
-from ..student.curriculum import DESCRIBE, EXISTENCE, parse_description
+from ..student.curriculum import CHOICE_SKILLS, DESCRIBE, EXISTENCE, choice_question, parse_description
 from ..world import Scene, absent_kind, image_relpath, position_name
 from .decode import Answerer, Question
-from .scoring import pope_yes
+from .scoring import choice_figures, pope_yes
 
 def existence_probes(scenes: list[Scene], kinds: list[str], seed: int = 0) -> tuple[list[Question], list[bool]]:
     """One present and one absent kind per scene (POPE-style balance), the absent one drawn
@@ -30,6 +34,21 @@ def existence_probes(scenes: list[Scene], kinds: list[str], seed: int = 0) -> tu
             questions.append(Question(f"{scene.image_id}:{kind}", image_relpath(scene), EXISTENCE.format(kind=kind)))
             labels.append(label)
     return questions, labels
+
+
+def choice_probes(scenes: list[Scene], kinds: list[str], colors: list[str],
+                  seed: int = 0) -> tuple[list[Question], list[str]]:
+    """Per scene, a multiple-choice question of each kind the base is taught (the shape at a
+    place, the colour of a kind that occurs once) that the scene can pose, and its right letter."""
+    questions, letters = [], []
+    for scene in scenes:
+        rng = random.Random(f"{seed}:choice:{scene.image_id}")
+        for skill in CHOICE_SKILLS:
+            turn = choice_question(skill, scene, kinds, colors, rng)
+            if turn is not None:
+                questions.append(Question(f"{scene.image_id}:{skill}", image_relpath(scene), turn.user))
+                letters.append(turn.assistant)
+    return questions, letters
 
 
 def shuffled(questions: list[Question]) -> list[Question]:
@@ -93,8 +112,10 @@ def seeing_figures(scenes: list[Scene], questions: list[Question], labels: list[
 
 
 def perception_check(model, processor, scenes: list[Scene], images_root: str | Path, kinds: list[str],
-                     batch_size: int = 128, describe: int = 100, themes: list[list[str]] = ()) -> dict:
-    """The figures above for `scenes`, answered by greedy decoding."""
+                     batch_size: int = 128, describe: int = 100, themes: list[list[str]] = (),
+                     colors: list[str] = ()) -> dict:
+    """The figures above for `scenes`, answered by greedy decoding (the multiple-choice ones
+    when `colors` names the world's colours)."""
     questions, labels = existence_probes(scenes, kinds)
     answerer = Answerer(model, processor, images_root, max_new_tokens=3)
     said_yes = [pope_yes(a) for a in answerer.answer(questions, batch_size, progress=False)]
@@ -104,6 +125,10 @@ def perception_check(model, processor, scenes: list[Scene], images_root: str | P
            "shuffled_image_accuracy": sum(s == y for s, y in zip(shuffled_yes, labels)) / len(labels),
            "perception_questions": len(labels),
            **seeing_figures(scenes, questions, labels, said_yes, list(themes))}
+    if colors:
+        choices, letters = choice_probes(scenes, kinds, list(colors))
+        answerer.max_new_tokens = 3
+        out |= choice_figures(choices, letters, answerer.answer(choices, batch_size, progress=False))
     if describe:
         described = scenes[:describe]
         answerer.max_new_tokens = 16 * max(len(s.objects) for s in described) + 8

@@ -202,6 +202,34 @@ def answers_by_letter(rows: list[dict]) -> dict[str, float]:
     return {letter: right / n for letter, (right, n) in sorted(tally.items())}
 
 
+_OPTION = re.compile(r"^([A-H])\. (.*)$", re.MULTILINE)
+
+
+def choice_figures(questions: list, letters: list[str], answers: list[str]) -> dict:
+    """The base check's multiple-choice figures (each question's `text` holds its lettered
+    options): accuracy (`heldout_choice_accuracy`, answers parsed by MMBench's rule), the accuracy among the questions whose right answer is each letter
+    (`heldout_choice_accuracy_A`, ...) and the lowest of those (`heldout_choice_worst_letter`):
+    a student that reads the options scores alike under every letter; one that answers "B" to
+    everything scores 1 under B, 0 elsewhere, and 0 in MMBench's circular evaluation."""
+    if not questions:
+        return {}
+    right = [parse_choice(answer, [o for _, o in _OPTION.findall(q.text)]) == letter
+             for q, letter, answer in zip(questions, letters, answers)]
+    by_letter = {x: [r for r, letter in zip(right, letters) if letter == x] for x in LETTERS if x in letters}
+    per_letter = {f"heldout_choice_accuracy_{x}": sum(rs) / len(rs) for x, rs in by_letter.items()}
+    return {"heldout_choice_accuracy": sum(right) / len(right), **per_letter,
+            "heldout_choice_worst_letter": min(per_letter.values())}
+
+
+def choice_text(figures: dict) -> str:
+    """`choice_figures` in words, for the base stage's line and the report's ("" when absent)."""
+    if "heldout_choice_accuracy" not in figures:
+        return ""
+    letters = ", ".join(f"{k[-1]} {v:.2f}" for k, v in figures.items() if k.startswith("heldout_choice_accuracy_"))
+    return (f"multiple-choice questions answered right {figures['heldout_choice_accuracy']:.2f} (by right letter: "
+            f"{letters}; MMBench's circular score needs every letter)")
+
+
 SCIENCEQA_OPTIONS = ("A", "B", "C", "D", "E")  # eval_science_qa.py's --options default
 _SCIENCEQA_ANSWER = re.compile(r"The answer is ([A-Z]).")  # sic: "." is any character but a newline
 

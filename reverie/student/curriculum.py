@@ -143,6 +143,17 @@ def _probe(skill: str, scene: Scene, kinds: list[str], colors: list[str], rng: r
     raise ValueError(f"unknown skill {skill!r}; known: {', '.join(SKILLS)}")  # settings.py checks them first
 
 
+CHOICE_SKILLS = ("choice_shape", "choice_color")
+
+
+def choice_question(skill: str, scene: Scene, kinds: list[str], colors: list[str], rng: random.Random) -> Turn | None:
+    """A multiple-choice question of `skill` (one of CHOICE_SKILLS) about `scene`, posed as the
+    base is taught it and as MMBench asks it; None when the scene cannot pose it."""
+    if skill not in CHOICE_SKILLS:
+        raise ValueError(f"{skill!r} is not a multiple-choice skill ({', '.join(CHOICE_SKILLS)})")
+    return _probe(skill, scene, kinds, colors, rng, AbsentRule())
+
+
 SKILLS = BASE_SKILLS  # every skill `_probe` poses (reverie/vocab.py names them); base.skills picks and weights them
 
 
