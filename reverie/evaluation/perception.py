@@ -127,7 +127,6 @@ def perception_check(model, processor, scenes: list[Scene], images_root: str | P
            **seeing_figures(scenes, questions, labels, said_yes, list(themes))}
     if colors:
         choices, letters = choice_probes(scenes, kinds, list(colors))
-        answerer.max_new_tokens = 3
         out |= choice_figures(choices, letters, answerer.answer(choices, batch_size, progress=False))
     if describe:
         described = scenes[:describe]

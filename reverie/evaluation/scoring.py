@@ -207,17 +207,17 @@ _OPTION = re.compile(r"^([A-H])\. (.*)$", re.MULTILINE)
 
 def choice_figures(questions: list, letters: list[str], answers: list[str]) -> dict:
     """The base check's multiple-choice figures (each question's `text` holds its lettered
-    options): accuracy (`heldout_choice_accuracy`, answers parsed by MMBench's rule), the accuracy among the questions whose right answer is each letter
-    (`heldout_choice_accuracy_A`, ...) and the lowest of those (`heldout_choice_worst_letter`):
-    a student that reads the options scores alike under every letter; one that answers "B" to
-    everything scores 1 under B, 0 elsewhere, and 0 in MMBench's circular evaluation."""
+    options), answers parsed by MMBench's rule: accuracy (`heldout_choice_accuracy`), the
+    accuracy among the questions whose right answer is each letter (`heldout_choice_accuracy_A`,
+    ...: `answers_by_letter`) and the lowest of those (`heldout_choice_worst_letter`). A student
+    that reads the options scores alike under every letter; one that answers "B" to everything
+    scores 1 under B, 0 elsewhere, and 0 in MMBench's circular evaluation."""
     if not questions:
         return {}
-    right = [parse_choice(answer, [o for _, o in _OPTION.findall(q.text)]) == letter
-             for q, letter, answer in zip(questions, letters, answers)]
-    by_letter = {x: [r for r, letter in zip(right, letters) if letter == x] for x in LETTERS if x in letters}
-    per_letter = {f"heldout_choice_accuracy_{x}": sum(rs) / len(rs) for x, rs in by_letter.items()}
-    return {"heldout_choice_accuracy": sum(right) / len(right), **per_letter,
+    rows = [{"label": letter, "answer": answer, "options": [o for _, o in _OPTION.findall(q.text)]}
+            for q, letter, answer in zip(questions, letters, answers)]
+    per_letter = {f"heldout_choice_accuracy_{x}": v for x, v in answers_by_letter(rows).items()}
+    return {"heldout_choice_accuracy": sum(_mmbench_parse(r) == r["label"] for r in rows) / len(rows), **per_letter,
             "heldout_choice_worst_letter": min(per_letter.values())}
 
 
