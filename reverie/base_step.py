@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_dir, read_jsonl, write_json
+from .io import atomic_dir, read_jsonl, write_json, write_text
 from .world import AbsentRule, image_relpath, load_scenes
 from .student.batching import ImageTable, image_source
 from .student.curriculum import base_curriculum, tokenizer_corpus
@@ -18,9 +18,11 @@ from .training_run import is_main_process, loop_settings, run_logger
 
 
 def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str | Path,
-               state_dir: str | Path = ".reverie", progress: bool = True) -> dict:
+               state_dir: str | Path = ".reverie", progress: bool = True, check_csv: str | Path | None = None) -> dict:
     """Builds (or copies) the shared base student, saves it as a Hugging Face folder and
     measures whether it sees (`perception` in the returned metrics; the stage gates on it).
+    Every `base.check_every` steps of its training the check runs again (`BaseCheckCurve`),
+    logged to MLflow (`check.*`) and written to `check_csv`.
 
     The tiny student: a tokenizer trained on the corpus, a LLaVA built from config, its vision
     tower pretrained on the scene graphs and frozen (student/vision.py), then the language model
@@ -34,6 +36,8 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
+        if check_csv:  # not trained here: the curve has no point
+            write_check_csv(check_csv, [])
         return {"pretrained": base.model.pretrained, "train_seconds": 0.0,
                 **_perception(params, model, processor, held_out, data_dir)}
 
@@ -57,13 +61,26 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     try:
         vision = _pretrained_tower(model, images, train_scenes, params, ckpt_dir, progress)
         logger.log_metrics(vision)
-        result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir,
-                       on_log=lambda step, m: logger.log_metrics(m, step), progress=progress, desc="base",
-                       batches=batches)
+        skills_from = next((i for i, b in enumerate(batches)
+                            if any(conversations[j].id.endswith(":inventory") for j in b)), len(batches))
+        curve = BaseCheckCurve(params, model, processor, held_out[: base.check_images], data_dir, ckpt_dir,
+                               skills_from, len(batches), progress)
+
+        def on_log(step: int, entry: dict) -> None:
+            logger.log_metrics(entry, step)
+            point = curve.at(step)
+            if point:
+                logger.log_metrics({f"check.{k}": v for k, v in point.items() if k not in ("step", "phase")}, step)
+
+        result = train(model, samples, images, cfg, tokenizer.pad_token_id, ckpt_dir, on_log=on_log,
+                       progress=progress, desc="base", batches=batches)
         metrics = result.metrics | vision | {"parameters": sum(p.numel() for p in model.parameters()),
                                              "vocab_size": len(tokenizer), "mlflow_run_id": logger.run_id}
         if is_main_process():
             metrics |= _perception(params, model, processor, held_out, data_dir)
+            metrics["skills_phase_step"] = skills_from
+            if check_csv:
+                curve.write_csv(check_csv)
             with atomic_dir(out_dir) as tmp:
                 model.save_pretrained(tmp, state_dict=result.state_dict)
                 processor.save_pretrained(tmp)
@@ -75,6 +92,78 @@ def train_base(params, data_dir: str | Path, split_dir: str | Path, out_dir: str
     if is_main_process():  # the others may finish first, while the main process still saves the model
         remove_checkpoints(state_dir, "base")
     return metrics
+
+
+CURVE_FIGURES = {"seeing": "heldout_seeing_accuracy", "existence": "heldout_existence_accuracy",
+                 "yes_ratio": "heldout_yes_ratio", "shuffled": "shuffled_image_accuracy",
+                 "theme_fp": "heldout_theme_false_positive_rate", "choice": "heldout_choice_accuracy",
+                 **{f"choice_{x}": f"heldout_choice_accuracy_{x}" for x in "ABCD"},
+                 "choice_worst": "heldout_choice_worst_letter"}
+
+
+class BaseCheckCurve:
+    """The base check (existence, shuffled images, multiple choice per right letter; no
+    descriptions) every `base.check_every` steps of the base's training and at its last step:
+    when the student starts to see, and whether and when it maps option letters to options,
+    which the final check alone cannot say (docs/results.md, 2026-12-07: a base that hears "no"
+    only about unrelated kinds sees from step ~1900 of 2438, and no letter mapping forms after).
+    Greedy answers in eval mode: the weights train exactly as without it. Points persist in the
+    checkpoint folder, so a resumed run keeps the ones before its checkpoint."""
+
+    def __init__(self, params, model, processor, scenes, data_dir, ckpt_dir: Path, skills_from: int, total: int,
+                 progress: bool):
+        self.params, self.model, self.processor, self.scenes, self.data_dir = params, model, processor, scenes, data_dir
+        self.every, self.skills_from, self.total, self.progress = params.base.check_every, skills_from, total, progress
+        self.saved = ckpt_dir / "check_curve.jsonl"
+        self.points: dict[int, dict] = {}
+        if self.saved.exists():
+            for line in self.saved.read_text().splitlines():
+                point = json.loads(line)
+                self.points[point["step"]] = point
+        self.due: int | None = None
+
+    def at(self, step: int) -> dict | None:
+        """The check at `step` when one is due (the trainer calls this after every logged step,
+        from its first step or from the step a resumed run starts at)."""
+        if not (self.every and self.scenes):
+            return None
+        if self.due is None:
+            self.due = -(-step // self.every) * self.every
+        if not (step >= self.due or step == self.total):
+            return None
+        self.due = (step // self.every + 1) * self.every
+        from .evaluation.perception import perception_check
+
+        modes = {m: m.training for m in self.model.modules()}
+        try:
+            figures = perception_check(self.model.eval(), self.processor, self.scenes, self.data_dir,
+                                       self.params.world.kinds, self.params.evaluate.batch_size, 0,
+                                       self.params.world.themes, self.params.world.colors)
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        point = {"step": step, "phase": "seeing" if step <= self.skills_from else "skills",
+                 **{k: figures.get(v) for k, v in CURVE_FIGURES.items()}}
+        self.points[step] = point
+        self.saved.parent.mkdir(parents=True, exist_ok=True)
+        with self.saved.open("a") as f:
+            f.write(json.dumps(point) + "\n")
+        if self.progress:
+            worst = point["choice_worst"]
+            print(f"[base] check at step {step}/{self.total} ({point['phase']} phase): seeing {point['seeing']:.3f}, "
+                  f"existence {point['existence']:.3f}, shuffled images {point['shuffled']:.3f}"
+                  + (f", multiple choice {point['choice']:.2f} (worst letter {worst:.2f})" if worst is not None else ""),
+                  flush=True)
+        return point
+
+    def write_csv(self, path: str | Path) -> None:
+        write_check_csv(path, [self.points[s] for s in sorted(self.points)])
+
+
+def write_check_csv(path: str | Path, points: list[dict]) -> None:
+    columns = ["step", "phase", *CURVE_FIGURES]
+    write_text(path, ",".join(columns) + "\n" + "".join(
+        ",".join("" if p.get(c) is None else str(p[c]) for c in columns) + "\n" for p in points))
 
 
 def _pretrained_tower(model, images: ImageTable, scenes, params, ckpt_dir: Path, progress: bool) -> dict:

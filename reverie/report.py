@@ -506,6 +506,8 @@ def markdown(result: dict) -> str:
                   f"{base.get('description_kind_recall', float('nan')):.0%} of the objects' kinds, "
                   f"{base.get('description_object_recall', float('nan')):.0%} at the right position"
                   + (f"; {choice_text(base)}." if choice_text(base) else "."), ""]
+    if base_curve_text(result.get("base_curve") or []):
+        lines += [base_curve_text(result["base_curve"]), ""]
     seeds = max((len(r["seeds"]) for r in result["variants"].values()), default=0)
     lines += [f"## Headline: mean ± std over {seeds} seed(s)", "",
               "| variant | seeds | " + " | ".join(_header(result, k, label) for k, label in cols) + " |",
@@ -850,6 +852,73 @@ def loss_curves(loss_dir: str | Path, path: str | Path) -> None:
     plt.close(fig)
 
 
+def read_base_curve(path: str | Path | None) -> list[dict]:
+    """The base check's points during the base's training (stages/base.py --check-curve), numbers
+    as floats (None where a figure was not measured); [] without the file or a point."""
+    import csv
+
+    if not path or not Path(path).exists():
+        return []
+    with Path(path).open() as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: (v if k == "phase" else int(v) if k == "step" else float(v) if v != "" else None) for k, v in r.items()}
+            for r in rows]
+
+
+def base_curve_text(points: list[dict]) -> str | None:
+    """One line: seeing accuracy and the worst letter's multiple-choice accuracy at four steps
+    spread over the base's training, and where its skills phase began."""
+    if not points:
+        return None
+    picks = sorted({points[round(i * (len(points) - 1) / 3)]["step"] for i in range(4)})
+    at = {p["step"]: p for p in points}
+
+    def series(key: str) -> str:
+        return " / ".join("–" if at[s].get(key) is None else f"{at[s][key]:.2f}" for s in picks)
+
+    skills = next((p["step"] for p in points if p["phase"] == "skills"), None)
+    return (f"Base check during its training (`plots/base_check.csv`, figure below): seeing accuracy {series('seeing')}"
+            f" and multiple choice, worst letter, {series('choice_worst')} at steps "
+            f"{' / '.join(map(str, picks))}" + (f" (skills phase from about step {skills})" if skills else "") + ".")
+
+
+def base_curve_chart(points: list[dict], path: str | Path) -> None:
+    """Seeing (left) and multiple choice by right letter (right) against the base's steps, the
+    seeing phase shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in points]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharex=True)
+    if not points:  # a pretrained base: no training here to follow
+        for ax in axes:
+            ax.text(0.5, 0.5, "the base was not trained here", ha="center", va="center", transform=ax.transAxes)
+    lines = ((axes[0], "seeing", "seeing accuracy", "k"), (axes[0], "existence", "existence accuracy", "tab:blue"),
+             (axes[0], "shuffled", "shuffled images", "tab:gray"), (axes[0], "theme_fp", "theme kinds called present", "tab:red"),
+             (axes[1], "choice", "all", "k"), *((axes[1], f"choice_{x}", f"right letter {x}", c)
+                                               for x, c in zip("ABCD", ("tab:blue", "tab:orange", "tab:green", "tab:purple"))))
+    for ax, key, label, color in lines:
+        values = [p.get(key) for p in points]
+        if any(v is not None for v in values):
+            ax.plot(steps, [float("nan") if v is None else v for v in values], label=label, color=color,
+                    lw=2 if color == "k" else 1)
+    seeing_until = max((p["step"] for p in points if p["phase"] == "seeing"), default=None)
+    for ax, title in zip(axes, ("held-out existence", "multiple choice (MMBench's form)")):
+        if seeing_until:
+            ax.axvspan(0, seeing_until, color="0.92", zorder=0, label="seeing phase")
+        ax.set_title(title)
+        ax.set_xlabel("base step")
+        ax.set_ylim(-0.02, 1.02)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def _environment(runs: dict[str, dict[int, dict]]) -> dict | None:
     envs = {run_name(v, s): (m.get("tune") or {}).get("environment") for v, seeds in runs.items() for s, m in seeds.items()}
     envs = {k: e for k, e in envs.items() if e}
@@ -882,7 +951,7 @@ def _unparseable(runs: dict[str, dict[int, dict]]) -> dict:
 
 
 def write_report(eval_dir, tune_dir, loss_dir, out_dir, settings, predictions_dir=None, chance_path=None,
-                 base_metrics_path=None, references_dir=None) -> dict:
+                 base_metrics_path=None, references_dir=None, base_curve_path=None) -> dict:
     """`settings`: the params' report section (baseline, thresholds, bootstrap size). The
     reference answerers' saved answers are read from `references_dir`, by default the `chance`
     folder under `predictions_dir` (where the chance stage writes them)."""
@@ -907,6 +976,8 @@ def write_report(eval_dir, tune_dir, loss_dir, out_dir, settings, predictions_di
     result["void"], result["void_reason"] = reason is not None, reason
     settle(result, void=result["void"])  # a void report calls nothing significant
     result["tune"] = {v: {str(s): m.get("tune") for s, m in seeds.items()} for v, seeds in runs.items()}
+    curve = read_base_curve(base_curve_path)
+    result["base_curve"] = curve or None
     table = markdown(result)
     write_json(out_dir / "ablation.json", result)
     bar_charts(result, out_dir / "ablation.png")
@@ -915,7 +986,9 @@ def write_report(eval_dir, tune_dir, loss_dir, out_dir, settings, predictions_di
     rows = [{"variant": v, "metric": k, "mean": row[k]["mean"]}
             for v, row in result["variants"].items() for k in result["columns"] if k in row]
     write_text(out_dir / "ablation.csv", "variant,metric,mean\n" + "".join(f"{r['variant']},{r['metric']},{r['mean']}\n" for r in rows))
+    base_curve_chart(curve, out_dir / "base_check.png")
     write_text(out_dir / "report.md", "# REVERIE ablation\n\n" + table +
-               "\n![ablation](ablation.png)\n\n![loss curves](loss_curves.png)\n")
+               "\n![ablation](ablation.png)\n\n![loss curves](loss_curves.png)\n" +
+               ("\n![base check during its training](base_check.png)\n" if curve else ""))
     result["markdown"] = table
     return result

@@ -304,6 +304,7 @@ class BaseTrainSettings(LoopSettings):
     # the perception check on held-out scenes (reverie/evaluation/perception.py) and its gate
     check_images: int = Field(200, ge=0)
     describe_check_images: int = Field(100, ge=0)
+    check_every: int = Field(100, ge=0)  # the check (no descriptions) again every this many steps; 0: never
     min_seeing_accuracy: float = Field(0.9, ge=0, le=1)
     # share of the base's questions about an absent object (and the instruction mix's, which replays
     # them in tuning) asked about a kind of a theme the scene lacks, the rest uniformly (world.AbsentRule)

@@ -10,6 +10,8 @@ def main() -> None:
     p.add_argument("--split", default="data/split")
     p.add_argument("--out", default="models/base")
     p.add_argument("--metrics", default="metrics/base.json")
+    p.add_argument("--check-curve", default="plots/base_check.csv",
+                   help="the base check every base.check_every steps of training (CSV)")
     args = p.parse_args()
     with stage("base"):
         from reverie.base_step import base_gate, train_base
@@ -18,7 +20,7 @@ def main() -> None:
 
         params = params_from(args)
         used = compute(params.base.threads, params.base.launch, "stages.base")
-        metrics = train_base(params, args.data, args.split, args.out) | used
+        metrics = train_base(params, args.data, args.split, args.out, check_csv=args.check_curve) | used
         if not is_main_process():
             return
         failure = base_gate(metrics, params.base.min_seeing_accuracy)

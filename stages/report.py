@@ -15,13 +15,14 @@ def main() -> None:
     p.add_argument("--references", default=None,
                    help="the reference answerers' saved answers (default: the chance folder under --predictions)")
     p.add_argument("--base", default="metrics/base.json")
+    p.add_argument("--base-curve", default="plots/base_check.csv", help="the base check during the base's training")
     p.add_argument("--out", default="reports")
     args = p.parse_args()
     with stage("report"):
         from reverie.report import write_report
 
         result = write_report(args.eval, args.tune, args.losses, args.out, params_from(args).report,
-                              args.predictions, args.chance, args.base, args.references)
+                              args.predictions, args.chance, args.base, args.references, args.base_curve)
         print(result["markdown"])
 
 
