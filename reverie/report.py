@@ -506,8 +506,9 @@ def markdown(result: dict) -> str:
                   f"{base.get('description_kind_recall', float('nan')):.0%} of the objects' kinds, "
                   f"{base.get('description_object_recall', float('nan')):.0%} at the right position"
                   + (f"; {choice_text(base)}." if choice_text(base) else "."), ""]
-    if base_curve_text(result.get("base_curve") or []):
-        lines += [base_curve_text(result["base_curve"]), ""]
+    curve_line = base_curve_text(result.get("base_curve") or [])
+    if curve_line:
+        lines += [curve_line, ""]
     seeds = max((len(r["seeds"]) for r in result["variants"].values()), default=0)
     lines += [f"## Headline: mean ± std over {seeds} seed(s)", "",
               "| variant | seeds | " + " | ".join(_header(result, k, label) for k, label in cols) + " |",
@@ -892,9 +893,9 @@ def base_curve_chart(points: list[dict], path: str | Path) -> None:
 
     steps = [p["step"] for p in points]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharex=True)
-    if not points:  # a pretrained base: no training here to follow
+    if not points:  # a pretrained base (not trained here), or no plots/base_check.csv
         for ax in axes:
-            ax.text(0.5, 0.5, "the base was not trained here", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no base check during training", ha="center", va="center", transform=ax.transAxes)
     lines = ((axes[0], "seeing", "seeing accuracy", "k"), (axes[0], "existence", "existence accuracy", "tab:blue"),
              (axes[0], "shuffled", "shuffled images", "tab:gray"), (axes[0], "theme_fp", "theme kinds called present", "tab:red"),
              (axes[1], "choice", "all", "k"), *((axes[1], f"choice_{x}", f"right letter {x}", c)
