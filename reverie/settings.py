@@ -309,6 +309,8 @@ class BaseTrainSettings(LoopSettings):
     # share of the base's questions about an absent object (and the instruction mix's, which replays
     # them in tuning) asked about a kind of a theme the scene lacks, the rest uniformly (world.AbsentRule)
     unrelated_negatives: float = Field(0.0, ge=0, le=1)
+    circular_choices: bool = False  # each multiple-choice question in all its circular shifts, in one batch
+    unrelated_negatives_from: float = Field(0.0, ge=0)  # the epoch from which that rule applies (uniform before)
 
     _skills = field_validator("skills")(classmethod(lambda cls, v: _known_skills(v)))
 

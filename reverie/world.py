@@ -178,8 +178,9 @@ class AbsentRule:
     mix that replays them; the teacher's and the perception check's are uniform): with
     probability `unrelated_share` a kind unrelated to the scene, of a theme none of its objects
     belongs to (people ask whether a kitchen holds an elephant far more often than whether it
-    holds a fork it lacks), when the scene leaves one;
-    otherwise uniformly over the absent kinds. A student taught on such data rarely hears "no"
+    holds a fork it lacks), or no question (None) when the scene holds every theme: asking it
+    about a kind of its own themes instead would teach "no" to the very kinds the rule keeps
+    from it; otherwise uniformly over the absent kinds. A student taught on such data rarely hears "no"
     about a kind that belongs with the scene, and learns to expect it: the co-occurrence
     hallucination POPE's adversarial split probes (docs/instrument.md). Never by frequency or
     co-occurrence statistics, the rules of POPE's popular and adversarial splits: training on
@@ -200,8 +201,8 @@ class AbsentRule:
             return None
         related = {k for theme in self.themes if present & set(theme) for k in theme}
         unrelated = [k for k in absent if k not in related]
-        if unrelated and self.unrelated_share and rng.random() < self.unrelated_share:
-            return rng.choice(unrelated)
+        if self.unrelated_share and rng.random() < self.unrelated_share:
+            return rng.choice(unrelated) if unrelated else None
         return rng.choice(absent)
 
 

@@ -218,3 +218,39 @@ def test_the_base_line_names_the_letters_a_student_answers():
     text = choice_text(figures)
     assert "answered right 0.25" in text and "A 0.00, B 1.00, C 0.00, D 0.00;" in text
     assert choice_text({"heldout_existence_accuracy": 1.0}) == ""
+
+
+def test_circular_choices_ask_each_question_under_every_letter_in_one_batch():
+    """`base.circular_choices`: each multiple-choice question of the base is asked in its four
+    circular shifts (MMBench's CircularEval), the right option under every letter once, the
+    shifts in one batch, so that no letter is right more often than another within a batch and
+    only reading the options earns a lower loss; the rest of the curriculum is unchanged."""
+    from reverie.settings import BaseTrainSettings
+    from reverie.student.curriculum import base_curriculum, rotations
+    from reverie.world import AbsentRule, image_relpath
+
+    world = WorldSettings(train_images=120, eval_images=1)
+    train, _ = sample_world(world, seed=3)
+    settings = BaseTrainSettings(epochs=2.0, seeing_epochs=1.0, batch_size=16, circular_choices=True)
+    conversations, batches = base_curriculum(train, world.kinds, world.colors, settings, image_relpath,
+                                             absent=AbsentRule())
+    shifts: dict[str, list[int]] = {}
+    for i, c in enumerate(conversations):
+        if LETTER in c.turns[0].user:
+            shifts.setdefault(c.id.rsplit("-r", 1)[0], []).append(i)
+    assert len(shifts) > 100
+    batch_of = {i: b for b, batch in enumerate(batches) for i in batch}
+    for unit in shifts.values():
+        turns = [conversations[i].turns[0] for i in unit]
+        assert sorted(t.assistant for t in turns) == list("ABCD")
+        rights = {dict(line.split(". ", 1) for line in t.user.split("\n")[1:5])[t.assistant] for t in turns}
+        assert len(rights) == 1  # the same right option under each letter
+        assert len({batch_of[i] for i in unit if i in batch_of}) <= 1
+    assert all(len(b) <= settings.batch_size for b in batches)
+    # a turn's shifts start with the turn itself
+    turn = conversations[next(iter(shifts.values()))[0]].turns[0]
+    assert rotations(turn)[0] == turn
+    # off (the default): one question, one letter, the same curriculum as before the option existed
+    plain, plain_batches = base_curriculum(train, world.kinds, world.colors, settings.model_copy(update={"circular_choices": False}),
+                                           image_relpath, absent=AbsentRule())
+    assert not any(c.id.endswith("-r0") for c in plain)

@@ -301,3 +301,63 @@ def test_the_rule_check_catches_pope_s_rules_and_a_wrong_share(themed):
     check_rule(uniform, world.kinds, frequency, AbsentRule())
     with pytest.raises(AssertionError):
         check_rule(uniform, world.kinds, frequency, AbsentRule((tuple(THEMES[0]), tuple(THEMES[1])), 0.8))
+
+
+def _absent_asked(conversations, by_image) -> list[tuple[Scene, str]]:
+    asked = []
+    for c in conversations:
+        (turn,) = c.turns
+        m = re.match(r"Is there an? (\w+) in (?:the|this) image\?", turn.user)
+        if m and turn.assistant == "no":
+            asked.append((by_image[c.image], m[1]))
+    return asked
+
+
+def test_the_rule_applies_from_its_epoch_and_leaves_the_earlier_ones_and_the_tokenizer_as_the_uniform_rule_s(themed):
+    """`base.unrelated_negatives_from`: the epochs before it ask exactly what the uniform rule
+    asks (the same questions and batches, so a base is the uniform one's until then), the later
+    ones follow the rule; the tokenizer's corpus is the uniform rule's whatever the rule, so an
+    ablation of the rule changes nothing else (token ids, hence the initial weights)."""
+    from reverie.base_step import _uniform_conversations
+    from reverie.student.curriculum import base_curriculum
+
+    world, train = themed
+    train = train[:300]
+    by_image = {image_relpath(s): s for s in train}
+
+    def params(**base):
+        return Params.model_validate({"world": world.model_dump(),
+                                      "base": {"epochs": 2.5, "seeing_epochs": 1.0, "batch_size": 16, **base}})
+
+    def curriculum(p):
+        return base_curriculum(train, world.kinds, world.colors, p.base, image_relpath, absent=AbsentRule.of_base(p))
+
+    uniform, uniform_batches = curriculum(params())
+    late = params(unrelated_negatives=1.0, unrelated_negatives_from=2.0)
+    ruled, ruled_batches = curriculum(late)
+    epoch_of = lambda c: int(c.id.rsplit("probe", 1)[1].split("-")[0]) % 1000 / 100 if ":probe" in c.id else None
+    early = [c for c in ruled if epoch_of(c) is not None and epoch_of(c) < 2.0]
+    assert early and early == [c for c in uniform if epoch_of(c) is not None and epoch_of(c) < 2.0]
+    assert ruled_batches[: len(uniform_batches) * 2 // 3] == uniform_batches[: len(uniform_batches) * 2 // 3]
+    later = _absent_asked([c for c in ruled if epoch_of(c) is not None and epoch_of(c) >= 2.0], by_image)
+    assert len(later) > 100 and not any(same_theme(s, k) for s, k in later)  # every one of a theme the scene lacks
+    before = _absent_asked(early, by_image)
+    assert sum(same_theme(s, k) for s, k in before) / len(before) > 0.2  # uniform: the scene's theme too
+    # the tokenizer's corpus: the uniform rule's conversations, under any rule
+    assert _uniform_conversations(train, late, ruled) == uniform
+    assert _uniform_conversations(train, params(), uniform) is uniform
+
+
+def test_a_scene_that_leaves_no_unrelated_kind_gets_no_question_under_the_unrelated_rule(themed):
+    """With probability `unrelated_share` the question is about a kind of a theme the scene
+    lacks; a scene holding every theme has none, and is asked nothing rather than a kind of its
+    own themes (which would teach "no" to exactly the kinds the rule keeps from it)."""
+    world, train = themed
+    mixed = next(s for s in train if {THEME_OF[k] for k in s.kinds()} == {0, 1} and len(s.kinds()) < len(world.kinds))
+    rng = random.Random(0)
+    strict = AbsentRule((tuple(THEMES[0]), tuple(THEMES[1])), 1.0)
+    assert {strict.draw(mixed, world.kinds, rng) for _ in range(50)} == {None}
+    half = AbsentRule((tuple(THEMES[0]), tuple(THEMES[1])), 0.5)
+    drawn = [half.draw(mixed, world.kinds, rng) for _ in range(400)]
+    assert 120 < drawn.count(None) < 280 and all(k is None or k not in mixed.kinds() for k in drawn)
+    assert None not in {AbsentRule().draw(mixed, world.kinds, rng) for _ in range(50)}

@@ -8,8 +8,12 @@ order). Instruction tuning: short questions about one skill each, drawn fresh ev
 multiple choice answered with the option's letter, and yes/no checks of a count, a colour or a
 place. They are the miniature's LLaVA-665k (VQAv2, GQA and A-OKVQA ask such questions in these
 formats): the student must be able to answer before reflective tuning can change how. An absent
-kind is drawn by `base.unrelated_negatives`' rule (world.AbsentRule: uniformly by default, or
-mostly of a theme the scene lacks), never by POPE's popular or adversarial rule. All of
+kind is drawn by `base.unrelated_negatives`' rule (world.AbsentRule: uniformly, or mostly of a
+theme the scene lacks, from epoch `base.unrelated_negatives_from`), never by POPE's popular or
+adversarial rule. With `base.circular_choices` every multiple-choice question is asked in its
+four circular shifts in one batch (`rotations`): a letter is then right as often as any other in
+every batch, and only reading the options lowers the loss (measured: the letter mapping formed
+by step 1000 where it had formed in one base of eight without; docs/results.md). All of
 it is mixed in the same batches from the first step. The vision tower was pretrained and frozen
 before (vision.py). A pretrained checkpoint (`base.model.pretrained`) skips training and is only
 copied into place.
@@ -85,6 +89,24 @@ def _choice(stem: str, truth: str, pool: list[str], rng: random.Random) -> Turn 
     return Turn(f"{stem}\n{lines}\n{LETTER}", LETTERS[options.index(truth)], RESPONSE)
 
 
+_OPTION = re.compile(r"^([A-D])\. (.*)$", re.M)
+
+
+def rotations(turn: Turn) -> list[Turn]:
+    """A multiple-choice turn in each of its circular shifts (the options' order kept, the right
+    one under every letter in turn), as MMBench's CircularEval asks it; the turn itself first."""
+    options = [text for _, text in _OPTION.findall(turn.user)]
+    right = options[LETTERS.index(turn.assistant)]
+    stem, _, rest = turn.user.partition("\nA. ")
+    instruction = rest.rsplit("\n", 1)[1]
+    out = []
+    for shift in range(len(options)):
+        order = options[shift:] + options[:shift]
+        lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(order))
+        out.append(Turn(f"{stem}\n{lines}\n{instruction}", LETTERS[order.index(right)], RESPONSE))
+    return out
+
+
 def _probe(skill: str, scene: Scene, kinds: list[str], colors: list[str], rng: random.Random,
            absent: AbsentRule) -> Turn | None:
     """One question of `skill` about `scene`, or None when the scene cannot pose it (no kind
@@ -158,7 +180,8 @@ SKILLS = BASE_SKILLS  # every skill `_probe` poses (reverie/vocab.py names them)
 
 
 def probe_conversations(scenes: list[Scene], kinds: list[str], colors: list[str], per_image: int, seed: int,
-                        image_of, skills: tuple[str, ...] = SKILLS, *, absent: AbsentRule) -> list[Conversation]:
+                        image_of, skills: tuple[str, ...] = SKILLS, *, absent: AbsentRule,
+                        circular: bool = False) -> list[Conversation]:
     """Per image, `per_image` one-turn questions cycling through `skills` from a random start (a
     skill the scene cannot pose is skipped): asked alone, as every benchmark asks (measured: the
     same questions as one conversation per image left existence at chance)."""
@@ -166,15 +189,17 @@ def probe_conversations(scenes: list[Scene], kinds: list[str], colors: list[str]
     for scene in scenes:
         rng = random.Random(f"{seed}:probe:{scene.image_id}")
         start = rng.randrange(len(skills))
-        turns: list[Turn] = []
+        units: list[list[Turn]] = []
         for j in range(2 * len(skills) + per_image):
-            if len(turns) == per_image:
+            if sum(map(len, units)) >= per_image:
                 break
-            turn = _probe(skills[(start + j) % len(skills)], scene, kinds, colors, rng, absent)
+            skill = skills[(start + j) % len(skills)]
+            turn = _probe(skill, scene, kinds, colors, rng, absent)
             if turn is not None:
-                turns.append(turn)
-        out += [Conversation(f"{scene.image_id}:probe{seed}-{j}", image_of(scene), (turn,), "probe")
-                for j, turn in enumerate(turns)]
+                units.append(rotations(turn) if circular and skill in CHOICE_SKILLS else [turn])
+        out += [Conversation(f"{scene.image_id}:probe{seed}-{j}" + (f"-r{r}" if len(unit) > 1 else ""),
+                             image_of(scene), (turn,), "probe")
+                for j, unit in enumerate(units) for r, turn in enumerate(unit)]
     return out
 
 
@@ -201,10 +226,18 @@ def base_curriculum(scenes: list[Scene], kinds: list[str], colors: list[str], se
         # at 0.66 on the default world, against 1.0 shuffled (README, "Why the base step")
         size = settings.batch_size
         total = round(epochs * len(indices) / size)
+        units: dict[str, list[int]] = {}  # a question's circular shifts travel together
+        for i in indices:
+            units.setdefault(re.sub(r"-r\d+$", "", conversations[i].id), []).append(i)
         while total > 0:
-            order = list(indices)
+            order = list(units.values())
             rng.shuffle(order)
-            chunk = [order[i:i + size] for i in range(0, len(order), size)][:total]
+            chunk: list[list[int]] = [[]]
+            for unit in order:  # a batch closes early rather than split a unit
+                if len(chunk[-1]) + len(unit) > size:
+                    chunk.append([])
+                chunk[-1].extend(unit)
+            chunk = chunk[:total]
             batches.extend(chunk)
             total -= len(chunk)
 
@@ -215,9 +248,11 @@ def base_curriculum(scenes: list[Scene], kinds: list[str], colors: list[str], se
     while epoch < settings.epochs:
         seeing = epoch < settings.seeing_epochs
         span = min(1.0, settings.epochs - epoch, (settings.seeing_epochs - epoch) if seeing else 1.0)
+        rule = absent if epoch >= settings.unrelated_negatives_from else AbsentRule(absent.themes)
         probes = probe_conversations(scenes, kinds, colors, 2 if seeing else settings.probes_per_image,
                                      settings.seed * 1000 + int(epoch * 100), image_of,
-                                     ("existence",) if seeing else tuple(settings.skills), absent=absent)
+                                     ("existence",) if seeing else tuple(settings.skills), absent=rule,
+                                     circular=settings.circular_choices)
         start = len(conversations)
         conversations += probes
         add_epochs(list(first_phase if seeing else second_phase) + list(range(start, len(conversations))), span)
