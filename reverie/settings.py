@@ -307,10 +307,11 @@ class BaseTrainSettings(LoopSettings):
     check_every: int = Field(100, ge=0)  # the check (no descriptions) again every this many steps; 0: never
     min_seeing_accuracy: float = Field(0.9, ge=0, le=1)
     # share of the base's questions about an absent object (and the instruction mix's, which replays
-    # them in tuning) asked about a kind of a theme the scene lacks, the rest uniformly (world.AbsentRule)
+    # them in tuning) asked about a kind of a theme the scene lacks, none when the scene holds every
+    # theme, the rest uniformly (world.AbsentRule); from epoch unrelated_negatives_from, uniform before
     unrelated_negatives: float = Field(0.0, ge=0, le=1)
-    circular_choices: bool = False  # each multiple-choice question in all its circular shifts, in one batch
-    unrelated_negatives_from: float = Field(0.0, ge=0)  # the epoch from which that rule applies (uniform before)
+    unrelated_negatives_from: float = Field(0.0, ge=0)
+    circular_choices: bool = False  # each multiple-choice question in its four circular shifts, in one batch
 
     _skills = field_validator("skills")(classmethod(lambda cls, v: _known_skills(v)))
 

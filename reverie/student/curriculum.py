@@ -12,8 +12,8 @@ kind is drawn by `base.unrelated_negatives`' rule (world.AbsentRule: uniformly, 
 theme the scene lacks, from epoch `base.unrelated_negatives_from`), never by POPE's popular or
 adversarial rule. With `base.circular_choices` every multiple-choice question is asked in its
 four circular shifts in one batch (`rotations`): a letter is then right as often as any other in
-every batch, and only reading the options lowers the loss (measured: the letter mapping formed
-by step 1000 where it had formed in one base of eight without; docs/results.md). All of
+every batch, and only reading the options lowers the loss (measured: all four letters formed in
+each of the three bases with it, in one base of eight without; docs/results.md). All of
 it is mixed in the same batches from the first step. The vision tower was pretrained and frozen
 before (vision.py). A pretrained checkpoint (`base.model.pretrained`) skips training and is only
 copied into place.
@@ -85,26 +85,25 @@ def _choice(stem: str, truth: str, pool: list[str], rng: random.Random) -> Turn 
         return None
     options = [truth] + rng.sample(wrong, 3)
     rng.shuffle(options)
+    return _choice_turn(stem, options, truth)
+
+
+def _choice_turn(stem: str, options: list[str], truth: str) -> Turn:
     lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
     return Turn(f"{stem}\n{lines}\n{LETTER}", LETTERS[options.index(truth)], RESPONSE)
 
 
-_OPTION = re.compile(r"^([A-D])\. (.*)$", re.M)
+_OPTION = re.compile(r"^[A-D]\. (.*)$", re.M)
 
 
 def rotations(turn: Turn) -> list[Turn]:
-    """A multiple-choice turn in each of its circular shifts (the options' order kept, the right
-    one under every letter in turn), as MMBench's CircularEval asks it; the turn itself first."""
-    options = [text for _, text in _OPTION.findall(turn.user)]
-    right = options[LETTERS.index(turn.assistant)]
-    stem, _, rest = turn.user.partition("\nA. ")
-    instruction = rest.rsplit("\n", 1)[1]
-    out = []
-    for shift in range(len(options)):
-        order = options[shift:] + options[:shift]
-        lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(order))
-        out.append(Turn(f"{stem}\n{lines}\n{instruction}", LETTERS[order.index(right)], RESPONSE))
-    return out
+    """A multiple-choice turn (as `_choice` poses it) in each of its circular shifts: the options'
+    order kept, the right one under every letter in turn, as MMBench's CircularEval asks it; the
+    turn itself first."""
+    options = _OPTION.findall(turn.user)
+    truth = options[LETTERS.index(turn.assistant)]
+    stem = turn.user.partition("\nA. ")[0]
+    return [_choice_turn(stem, options[shift:] + options[:shift], truth) for shift in range(len(options))]
 
 
 def _probe(skill: str, scene: Scene, kinds: list[str], colors: list[str], rng: random.Random,
@@ -184,7 +183,9 @@ def probe_conversations(scenes: list[Scene], kinds: list[str], colors: list[str]
                         circular: bool = False) -> list[Conversation]:
     """Per image, `per_image` one-turn questions cycling through `skills` from a random start (a
     skill the scene cannot pose is skipped): asked alone, as every benchmark asks (measured: the
-    same questions as one conversation per image left existence at chance)."""
+    same questions as one conversation per image left existence at chance). With `circular`, a
+    multiple-choice question comes in its four circular shifts (ids ending -r0 ... -r3), each
+    counted against `per_image` (the last question may pass it)."""
     out = []
     for scene in scenes:
         rng = random.Random(f"{seed}:probe:{scene.image_id}")
