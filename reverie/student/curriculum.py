@@ -198,10 +198,19 @@ def probe_conversations(scenes: list[Scene], kinds: list[str], colors: list[str]
             turn = _probe(skill, scene, kinds, colors, rng, absent)
             if turn is not None:
                 units.append(rotations(turn) if circular and skill in CHOICE_SKILLS else [turn])
-        out += [Conversation(f"{scene.image_id}:probe{seed}-{j}" + (f"-r{r}" if len(unit) > 1 else ""),
+        out += [Conversation(f"{scene.image_id}:probe{seed}-{j}" + (f"{_SHIFT_MARK}{r}" if len(unit) > 1 else ""),
                              image_of(scene), (turn,), "probe")
                 for j, unit in enumerate(units) for r, turn in enumerate(unit)]
     return out
+
+
+_SHIFT_MARK = "-r"
+_SHIFT = re.compile(rf"{_SHIFT_MARK}\d+$")
+
+
+def question_of(conversation_id: str) -> str:
+    """The question a conversation asks, the same for each of its circular shifts."""
+    return _SHIFT.sub("", conversation_id)
 
 
 def base_curriculum(scenes: list[Scene], kinds: list[str], colors: list[str], settings, image_of, *,
@@ -229,7 +238,7 @@ def base_curriculum(scenes: list[Scene], kinds: list[str], colors: list[str], se
         total = round(epochs * len(indices) / size)
         units: dict[str, list[int]] = {}  # a question's circular shifts travel together
         for i in indices:
-            units.setdefault(re.sub(r"-r\d+$", "", conversations[i].id), []).append(i)
+            units.setdefault(question_of(conversations[i].id), []).append(i)
         while total > 0:
             order = list(units.values())
             rng.shuffle(order)
